@@ -1,0 +1,72 @@
+// swift-tools-version: 6.1
+// One section per target; the library targets hold all logic, the executable is two lines.
+import PackageDescription
+
+let package = Package(
+    name: "rtrace",
+    products: [
+        .library(name: "RTrace", targets: ["RTrace"]),
+        .executable(name: "rtrace", targets: ["rtrace"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.20"),
+    ],
+    targets: [
+        // zlib (deflate, inflate, crc32) from the system: apt-get install zlib1g-dev. (ZIPFoundation owns the name CZlib.)
+        .systemLibrary(
+            name: "CRTraceZlib",
+            pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
+
+        // The .rtrace format: header, chunks, codecs, index, reader, writer, validation, npz/npy.
+        .target(
+            name: "RTrace",
+            dependencies: [
+                "CRTraceZlib",
+                .product(name: "ZIPFoundation", package: "ZIPFoundation"),
+            ]
+        ),
+        .testTarget(
+            name: "RTraceTests",
+            dependencies: ["RTrace"],
+            resources: [.copy("Fixtures")]
+        ),
+
+        // Analyses over traces: diff (flip rates, router KL, policy KL) and stats (expert load).
+        .target(
+            name: "RTraceAnalysis",
+            dependencies: ["RTrace"]
+        ),
+
+        // The reference MoE RL trainer with routing replay (R2/R3).
+        .target(
+            name: "RTraceTrain",
+            dependencies: ["RTrace"],
+            swiftSettings: [
+                .unsafeFlags(["-target-cpu", "haswell"], .when(platforms: [.linux], configuration: .release))
+            ]
+        ),
+
+        // The subcommands (ParsableCommand types), testable without a process.
+        .target(
+            name: "RTraceCLI",
+            dependencies: [
+                "RTrace",
+                "RTraceAnalysis",
+                "RTraceTrain",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "RTraceCLITests",
+            dependencies: ["RTraceCLI", "rtrace"]
+        ),
+
+        .executableTarget(
+            name: "rtrace",
+            dependencies: ["RTraceCLI"]
+        ),
+    ]
+)

@@ -1,0 +1,257 @@
+/// The per-record fields of a RECORDS entry (spec/format.md §5.3).
+struct RecordMeta: Sendable {
+    var uid: String
+    var group: String?
+    var tokenCount: Int
+    var promptLength: Int
+    var start: Int
+    var rowCount: Int
+    var logprobCount: Int
+    var reward: Double?
+    var attributes: String?
+}
+
+/// One piece of a decoded chunk, its rows row-major as in ``TraceRecord``.
+struct DecodedPiece: Sendable {
+    var piece: Piece
+    /// The record's fields, tokens and logprobs: present on a FIRST piece.
+    var meta: RecordMeta?
+    var tokens: [Int32] = []
+    var logprobs: [Float] = []
+    var ids: [UInt16]
+    var weights: [UInt8] = []
+    var logits: [UInt8] = []
+}
+
+/// A decoded chunk frame.
+struct DecodedChunk: Sendable {
+    var header: ChunkHeader
+    var pieces: [DecodedPiece]
+    /// Extension columns this reader skipped.
+    var unknownColumns: [UInt16]
+}
+
+/// Decodes and validates one chunk frame (spec/format.md §4–§6). Errors carry offsets within the frame.
+struct ChunkDecoder {
+    let header: TraceHeader
+
+    func decode(frame b: [UInt8]) throws(TraceError) -> DecodedChunk {
+        let ch = try ChunkHeader.parse(b)
+        guard b.count >= ch.frameLength else {
+            throw TraceError(.truncated, "chunk frame needs \(ch.frameLength) bytes, \(b.count) available")
+        }
+        let L = header.model.moeLayers, k = header.model.topK, E = header.model.numExperts
+        let R = ch.rowCount
+        var byID: [UInt16: ColumnEntry] = [:]
+        var unknown: [UInt16] = []
+        for e in ch.columns {
+            let stored = Zlib.crc32(b[e.offsetInFrame..<e.offsetInFrame + e.storedLength])
+            guard stored == e.crc else {
+                throw TraceError(.checksum, "column \(columnName(e.id)) CRC mismatch: directory says \(hex32(e.crc)), data gives \(hex32(stored))", offset: e.offsetInFrame)
+            }
+            if ColumnID(rawValue: e.id) == nil {
+                guard e.id >= ColumnID.firstExtension else {
+                    throw TraceError(.corrupt, "column id \(e.id) is reserved and unknown to this reader (newer format?)", offset: e.offsetInFrame)
+                }
+                unknown.append(e.id)
+            }
+            byID[e.id] = e
+        }
+        func entry(_ c: ColumnID, required: Bool) throws(TraceError) -> ColumnEntry? {
+            if let e = byID[c.rawValue] { return e }
+            if required { throw TraceError(.corrupt, "chunk lacks the required column \(c.name)", offset: 0) }
+            return nil
+        }
+        /// Inflates and un-shuffles a column after checking its raw length against what its content implies.
+        func column(_ e: ColumnEntry, expected: Int?, width: Int) throws(TraceError) -> [UInt8] {
+            if let expected, e.rawLength != expected {
+                throw TraceError(.corrupt, "column \(columnName(e.id)) raw_len is \(e.rawLength), its content needs \(expected)", offset: e.offsetInFrame)
+            }
+            if e.transform == 1 && width > 1 && e.rawLength % width != 0 {
+                throw TraceError(.corrupt, "column \(columnName(e.id)) raw_len \(e.rawLength) is not a multiple of \(width)", offset: e.offsetInFrame)
+            }
+            let stored = b[e.offsetInFrame..<e.offsetInFrame + e.storedLength]
+            var raw: [UInt8]
+            if e.codec == 1 {
+                do { raw = try Zlib.inflate(stored, rawLength: e.rawLength) } catch {
+                    throw TraceError(.corrupt, "column \(columnName(e.id)): \(error.message)", offset: e.offsetInFrame)
+                }
+            } else {
+                raw = Array(stored)
+            }
+            if e.transform == 1 { raw = Shuffle.unshuffle(raw, width: width) }
+            return raw
+        }
+
+        // PIECES
+        let pe = try entry(.pieces, required: true)!
+        let pb = try column(pe, expected: ch.pieceCount * 20, width: 1)
+        var pieces: [Piece] = []
+        pieces.reserveCapacity(ch.pieceCount)
+        var rowsSum = 0
+        for i in 0..<ch.pieceCount {
+            let o = i * 20
+            let flags = loadU32(pb, o + 8)
+            let p = Piece(ordinal: loadU64(pb, o), first: flags & 1 != 0, last: flags & 2 != 0,
+                          rowOffset: Int(loadU32(pb, o + 12)), rowCount: Int(loadU32(pb, o + 16)))
+            func bad(_ m: String) -> TraceError { TraceError(.corrupt, "piece \(i) (record \(p.ordinal)): \(m)", offset: pe.offsetInFrame) }
+            if flags & ~3 != 0 { throw bad("unknown flag bits \(hex32(flags))") }
+            if !p.first && i > 0 { throw bad("only the first piece of a chunk may continue a record") }
+            if !p.last && i < ch.pieceCount - 1 { throw bad("only the last piece of a chunk may continue into the next") }
+            if p.first && p.rowOffset != 0 { throw bad("a record's first piece must start at row 0, not \(p.rowOffset)") }
+            if i > 0 && p.ordinal != pieces[i - 1].ordinal &+ 1 {
+                throw bad("ordinal follows \(pieces[i - 1].ordinal); ordinals must increase by 1")
+            }
+            rowsSum += p.rowCount
+            if rowsSum > R { throw bad("pieces hold more rows than the chunk's n_rows \(R)") }
+            pieces.append(p)
+        }
+        guard rowsSum == R else {
+            throw TraceError(.corrupt, "pieces hold \(rowsSum) rows, chunk header says \(R)", offset: pe.offsetInFrame)
+        }
+
+        // RECORDS
+        let re = try entry(.records, required: true)!
+        let rb = try column(re, expected: nil, width: 1)
+        var rr = ByteReader(rb, base: 0, what: "records column")
+        var metas: [RecordMeta?] = []
+        var tokenTotal = 0, logprobTotal = 0
+        for p in pieces {
+            guard p.first else { metas.append(nil); continue }
+            func bad(_ m: String) -> TraceError { TraceError(.corrupt, "record \(p.ordinal): \(m)", offset: re.offsetInFrame) }
+            let uid: String, groupLen: UInt32
+            do throws(TraceError) {
+                uid = try rr.string("uid", limit: 65_535)
+                groupLen = try rr.u32("group length")
+            } catch { throw bad(error.message) }
+            if uid.isEmpty { throw bad("uid is empty") }
+            var group: String? = nil
+            var m: RecordMeta
+            do throws(TraceError) {
+                if groupLen != 0xFFFF_FFFF {
+                    guard groupLen <= 65_535 else { throw TraceError(.limit, "group length \(groupLen) exceeds 65535") }
+                    let g = try rr.take(Int(groupLen), "group")
+                    guard let s = String(validating: g, as: UTF8.self) else { throw TraceError(.corrupt, "group is not UTF-8") }
+                    group = s
+                }
+                let nt = Int(try rr.u32("n_tokens")), pl = Int(try rr.u32("prompt_len"))
+                let st = Int(try rr.u32("start")), nr = Int(try rr.u32("n_rows")), nl = Int(try rr.u32("n_logprobs"))
+                let flags = try rr.u8("flags")
+                let reward = try rr.f64("reward")
+                let al = Int(try rr.u32("attrs length"))
+                guard al <= 16 << 20 else { throw TraceError(.limit, "attributes length \(al) exceeds 16 MiB") }
+                var attrs: String? = nil
+                if al > 0 {
+                    guard let s = String(validating: try rr.take(al, "attributes"), as: UTF8.self) else {
+                        throw TraceError(.corrupt, "attributes are not UTF-8")
+                    }
+                    attrs = s
+                }
+                if flags & ~1 != 0 { throw TraceError(.corrupt, "unknown record flag bits \(flags)") }
+                m = RecordMeta(uid: uid, group: group, tokenCount: nt, promptLength: pl, start: st, rowCount: nr,
+                               logprobCount: nl, reward: flags & 1 != 0 ? reward : nil, attributes: attrs)
+            } catch { throw bad(error.message) }
+            if m.tokenCount > 0 {
+                if m.start + m.rowCount > m.tokenCount {
+                    throw bad("rows cover positions \(m.start)…\(m.start + m.rowCount - 1) but n_tokens is \(m.tokenCount)")
+                }
+                if m.promptLength > m.tokenCount { throw bad("prompt_len \(m.promptLength) > n_tokens \(m.tokenCount)") }
+                if m.logprobCount > m.tokenCount { throw bad("n_logprobs \(m.logprobCount) > n_tokens \(m.tokenCount)") }
+            }
+            if !header.columns.logprobs && m.logprobCount != 0 { throw bad("n_logprobs is \(m.logprobCount) but the trace has no logprobs column") }
+            if p.last && p.rowCount != m.rowCount { throw bad("single piece holds \(p.rowCount) rows, record says \(m.rowCount)") }
+            if !p.last && p.rowCount > m.rowCount { throw bad("piece holds \(p.rowCount) rows, record says \(m.rowCount)") }
+            tokenTotal += m.tokenCount
+            logprobTotal += m.logprobCount
+            if tokenTotal > ChunkHeader.maxColumnBytes / 4 || logprobTotal > ChunkHeader.maxColumnBytes / 4 {
+                throw bad("tokens or logprobs exceed the 1 GiB column limit")
+            }
+            metas.append(m)
+        }
+        guard rr.atEnd else {
+            throw TraceError(.corrupt, "records column has \(rr.remaining) bytes after the last record", offset: re.offsetInFrame)
+        }
+
+        // TOKENS, LOGPROBS
+        let tb = try column(try entry(.tokens, required: true)!, expected: tokenTotal * 4, width: 4)
+        var lb: [UInt8] = []
+        if let le = try entry(.logprobs, required: header.columns.logprobs) {
+            lb = try column(le, expected: logprobTotal * 4, width: 4)
+        }
+
+        // MISSING
+        var missing: [UInt8]? = nil
+        var present = L * R
+        if let me = try entry(.missing, required: false) {
+            let mb = try column(me, expected: (L * R + 7) / 8, width: 1)
+            let bits = L * R
+            if bits % 8 != 0, mb[mb.count - 1] >> UInt8(bits % 8) != 0 {
+                throw TraceError(.corrupt, "missing bitmap has bits set past layer × row count \(bits)", offset: me.offsetInFrame)
+            }
+            present -= mb.reduce(0) { $0 + $1.nonzeroBitCount }
+            missing = mb
+        }
+
+        // IDS
+        let se = try entry(.idSlots, required: true)!
+        let slots = try column(se, expected: present * k, width: 1)
+        let ne = try entry(.idNew, required: true)!
+        let width = header.idWidth
+        let newCount = slots.reduce(0) { $0 + ($1 == IDCoding.newMarker ? 1 : 0) }
+        let fresh = try column(ne, expected: newCount * width.size, width: width.size)
+        var out: [DecodedPiece] = []
+        out.reserveCapacity(pieces.count)
+        var t = 0, lp = 0
+        for (p, m) in zip(pieces, metas) {
+            var d = DecodedPiece(piece: p, meta: m, ids: [UInt16](repeating: TraceRecord.missing, count: p.rowCount * L * k))
+            if let m {
+                d.tokens = (0..<m.tokenCount).map { Int32(bitPattern: loadU32(tb, (t + $0) * 4)) }
+                t += m.tokenCount
+                d.logprobs = (0..<m.logprobCount).map { Float(bitPattern: loadU32(lb, (lp + $0) * 4)) }
+                lp += m.logprobCount
+            }
+            out.append(d)
+        }
+        if let err = IDCoding.decode(slots: slots, fresh: fresh, width: width, missing: missing, pieces: &out,
+                                     layers: L, topK: k, chunkRows: R) {
+            throw TraceError(.corrupt, err, offset: se.offsetInFrame)
+        }
+        if let d = header.columns.topkWeights, let we = try entry(.weights, required: true) {
+            let wb = try column(we, expected: present * k * d.size, width: d.size)
+            Self.scatter(wb, into: &out, per: k * d.size, L: L, missing: missing, chunkRows: R, \.weights)
+        }
+        if let d = header.columns.routerLogits, let ge = try entry(.logits, required: true) {
+            let gb = try column(ge, expected: present * E * d.size, width: d.size)
+            Self.scatter(gb, into: &out, per: E * d.size, L: L, missing: missing, chunkRows: R, \.logits)
+        }
+        return DecodedChunk(header: ch, pieces: out, unknownColumns: unknown)
+    }
+
+    /// Scatters a layer-major column over present (layer, row)s into each piece's row-major bytes.
+    static func scatter(
+        _ src: [UInt8], into pieces: inout [DecodedPiece], per: Int, L: Int, missing: [UInt8]?, chunkRows R: Int,
+        _ field: WritableKeyPath<DecodedPiece, [UInt8]>
+    ) {
+        for i in pieces.indices { pieces[i][keyPath: field] = [UInt8](repeating: 0, count: pieces[i].piece.rowCount * L * per) }
+        var o = 0
+        src.withUnsafeBytes { s in
+            for l in 0..<L {
+                var r0 = 0
+                for i in pieces.indices {
+                    let n = pieces[i].piece.rowCount
+                    pieces[i][keyPath: field].withUnsafeMutableBytes { dst in
+                        for r in 0..<n {
+                            if let missing {
+                                let bit = l * R + r0 + r
+                                if missing[bit >> 3] & (1 << UInt8(bit & 7)) != 0 { continue }
+                            }
+                            dst.baseAddress!.advanced(by: (r * L + l) * per).copyMemory(from: s.baseAddress!.advanced(by: o), byteCount: per)
+                            o += per
+                        }
+                    }
+                    r0 += n
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A file or pipe being written, with errors that name it (full disk, closed pipe).
+public final class OutputSink {
+    /// `-` for standard output, else the path.
+    public let name: String
+    private let fd: Int32
+    private let owned: Bool
+    /// Bytes written so far.
+    public private(set) var offset: Int = 0
+
+    /// Opens `path` for writing (creating or truncating it); `-` is standard output.
+    public init(path: String) throws(TraceError) {
+        name = path
+        if path == "-" {
+            fd = STDOUT_FILENO
+            owned = false
+        } else {
+            let f = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard f >= 0 else { throw TraceError(.io, "cannot create: \(errnoText())", file: path) }
+            fd = f
+            owned = true
+        }
+    }
+
+    /// Wraps an open descriptor that the caller keeps ownership of.
+    public init(fileDescriptor: Int32, name: String) {
+        self.fd = fileDescriptor
+        self.name = name
+        self.owned = false
+    }
+
+    deinit { if owned { _ = Glibc.close(fd) } }
+
+    /// Writes all of `bytes`, retrying partial writes; throws `io` naming the file and offset.
+    public func write(_ bytes: [UInt8]) throws(TraceError) {
+        var done = 0
+        let err: Int32 = bytes.withUnsafeBytes { raw in
+            while done < raw.count {
+                let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return errno
+                }
+                done += n
+            }
+            return 0
+        }
+        offset += done
+        if err != 0 {
+            let what = err == EPIPE ? "the reader closed the pipe" : String(cString: strerror(err))
+            throw TraceError(.io, "write failed after \(offset) bytes: \(what)", file: name, offset: offset)
+        }
+    }
+
+    /// Forces written data to stable storage (a no-op on pipes).
+    public func sync() { _ = fsync(fd) }
+
+    /// Closes the file; reports errors a deferred write surfaces only at close.
+    public func close() throws(TraceError) {
+        guard owned else { return }
+        if Glibc.close(fd) != 0 { throw TraceError(.io, "close failed: \(errnoText())", file: name) }
+    }
+}
+
+/// A file or pipe being read: sequential reads for any input, positioned reads for regular files.
+public final class InputSource {
+    /// `-` for standard input, else the path.
+    public let name: String
+    private let fd: Int32
+    private let owned: Bool
+    /// The file size for regular files; nil for pipes.
+    public let size: Int?
+    /// Bytes consumed by sequential reads.
+    public private(set) var position: Int = 0
+
+    /// Opens `path` (`-` = standard input).
+    public init(path: String) throws(TraceError) {
+        name = path
+        if path == "-" {
+            fd = STDIN_FILENO
+            owned = false
+        } else {
+            let f = open(path, O_RDONLY | O_CLOEXEC)
+            guard f >= 0 else { throw TraceError(.io, "cannot open: \(errnoText())", file: path) }
+            fd = f
+            owned = true
+        }
+        var st = stat()
+        if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG {
+            size = Int(st.st_size)
+            if path == "-" { position = Int(lseek(fd, 0, SEEK_CUR)) }
+        } else if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
+            if owned { _ = Glibc.close(fd) }
+            throw TraceError(.io, "is a directory, not a trace file", file: path)
+        } else {
+            size = nil
+        }
+    }
+
+    deinit { if owned { _ = Glibc.close(fd) } }
+
+    /// Whether positioned reads work (a regular file).
+    public var isSeekable: Bool { size != nil }
+
+    /// Reads up to `count` bytes sequentially; fewer only at end of input.
+    public func read(upTo count: Int) throws(TraceError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var got = 0
+        let err: Int32 = out.withUnsafeMutableBytes { raw in
+            while got < count {
+                let n = Glibc.read(fd, raw.baseAddress! + got, count - got)
+                if n < 0 { if errno == EINTR { continue }; return errno }
+                if n == 0 { break }
+                got += n
+            }
+            return 0
+        }
+        if err != 0 { throw TraceError(.io, "read failed: \(String(cString: strerror(err)))", file: name, offset: position + got) }
+        position += got
+        if got < count { out.removeSubrange(got...) }
+        return out
+    }
+
+    /// Reads exactly `count` bytes at `offset` of a regular file; fewer only at end of file.
+    public func read(at offset: Int, count: Int) throws(TraceError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var got = 0
+        let err: Int32 = out.withUnsafeMutableBytes { raw in
+            while got < count {
+                let n = pread(fd, raw.baseAddress! + got, count - got, off_t(offset + got))
+                if n < 0 { if errno == EINTR { continue }; return errno }
+                if n == 0 { break }
+                got += n
+            }
+            return 0
+        }
+        if err != 0 { throw TraceError(.io, "read failed: \(String(cString: strerror(err)))", file: name, offset: offset + got) }
+        if got < count { out.removeSubrange(got...) }
+        return out
+    }
+
+    /// Moves the sequential position of a regular file.
+    public func seek(to offset: Int) {
+        precondition(isSeekable)
+        lseek(fd, off_t(offset), SEEK_SET)
+        position = offset
+    }
+}
+
+func errnoText() -> String { String(cString: strerror(errno)) }

@@ -1,0 +1,2 @@
+import RTraceCLI
+RTraceCommand.main()
