@@ -40,6 +40,11 @@ let package = Package(
             dependencies: ["RTrace"]
         ),
 
+        .testTarget(
+            name: "RTraceAnalysisTests",
+            dependencies: ["RTraceAnalysis"]
+        ),
+
         // The reference MoE RL trainer with routing replay (R2/R3).
         .target(
             name: "RTraceTrain",
@@ -47,6 +52,11 @@ let package = Package(
             swiftSettings: [
                 .unsafeFlags(["-target-cpu", "haswell"], .when(platforms: [.linux], configuration: .release))
             ]
+        ),
+
+        .testTarget(
+            name: "RTraceTrainTests",
+            dependencies: ["RTraceTrain"]
         ),
 
         // The subcommands (ParsableCommand types), testable without a process.

@@ -319,3 +319,32 @@ enum ProcessInfoCores {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Counts and per-column sizes of a trace, from one pass.
+public struct TraceSummary: Sendable {
+    public var sequences = 0
+    public var rows = 0
+    public var tokens = 0
+    public var chunks: [(offset: Int, header: ChunkHeader)] = []
+}
+
+extension TraceReader {
+    /// Counts (from the index when complete, else from one decoding pass, which also works on a pipe)
+    /// and every chunk header.
+    public func summary() throws -> TraceSummary {
+        var s = TraceSummary()
+        if let ix = index {
+            s.chunks = try chunkHeaders()
+            s.sequences = ix.records.count; s.rows = ix.totalRows; s.tokens = ix.totalTokens
+            return s
+        }
+        try forEachChunk { off, d in
+            s.chunks.append((off, d.header))
+            for p in d.pieces {
+                s.rows += p.piece.rowCount
+                if let m = p.meta { s.sequences += 1; s.tokens += m.tokenCount }
+            }
+        }
+        return s
+    }
+}

@@ -1,0 +1,331 @@
+/// One problem `rtrace check` found.
+public struct CheckIssue: Sendable, Equatable, CustomStringConvertible {
+    public enum Severity: String, Sendable { case error, warning }
+    public var severity: Severity
+    /// Byte offset of the frame or structure concerned.
+    public var offset: Int?
+    /// The record (uid, or ordinal) concerned.
+    public var record: String?
+    public var message: String
+
+    public var description: String {
+        var s = "\(severity.rawValue):"
+        if let offset { s += " offset \(offset):" }
+        if let record { s += " record \(record):" }
+        return s + " " + message
+    }
+}
+
+/// What `rtrace check` found in a file.
+public struct CheckReport: Sendable {
+    public var issues: [CheckIssue] = []
+    public var chunks = 0
+    public var badChunks = 0
+    /// Records fully intact (all pieces in intact chunks).
+    public var records = 0
+    public var rows = 0
+    /// Records that could not be recovered (they touch a damaged chunk).
+    public var lostRecords = 0
+    /// The file ended with a valid index and trailer.
+    public var complete = false
+    /// Whether nothing is wrong.
+    public var clean: Bool { !issues.contains { $0.severity == .error } }
+}
+
+/// Verifies every checksum and invariant of a trace, and recovers what is intact (spec/format.md §8).
+public enum TraceChecker {
+    /// Scans `path` frame by frame. With `salvage`, writes every intact record to that path.
+    ///
+    /// Damage never stops the scan on a regular file: after a bad chunk the checker looks for the
+    /// next chunk whose header checksum holds. On a pipe the scan stops at the first damage.
+    public static func check(path: String, salvage: String? = nil, maxIssues: Int = 1000) throws -> CheckReport {
+        var report = CheckReport()
+        let source = try InputSource(path: path)
+        let header: TraceHeader, start: Int
+        do { (header, start) = try TraceReader.readHeader(source) } catch {
+            report.issues.append(CheckIssue(severity: .error, offset: error.offset, record: nil, message: error.message))
+            return report
+        }
+        let writer = try salvage.map { try TraceWriter(path: $0, header: header) }
+        let decoder = ChunkDecoder(header: header)
+        var state = Assembly(header: header)
+        let log = IssueLog(limit: maxIssues)
+        let issue = log.add
+        var pos = start
+        var chunkOffsets: [Int] = []
+        var allZero = [Bool](repeating: true, count: header.model.moeLayers)
+        var anyPresent = [Bool](repeating: false, count: header.model.moeLayers)
+        let size = source.size
+
+        func readAt(_ off: Int, _ n: Int) throws -> [UInt8] {
+            if size != nil { return try source.read(at: off, count: n) }
+            return try source.read(upTo: n)
+        }
+        /// Finds the next offset after `from` where a chunk header checks out (seekable files only).
+        func resync(from: Int) throws -> Int? {
+            guard let size else { return nil }
+            var at = from
+            let block = 1 << 20
+            while at + 28 <= size {
+                let buf = try source.read(at: at, count: min(block + 4096, size - at))
+                var i = 0
+                while i + 4 <= min(block, buf.count) {
+                    if buf[i] == 0x52, buf[i + 1] == 0x54, buf[i + 2] == 0x43, buf[i + 3] == 0x4B {
+                        if let hl = try? ChunkHeader.headerLength(fixed: try source.read(at: at + i, count: 24)[...]),
+                           (try? ChunkHeader.parse(try source.read(at: at + i, count: hl))) != nil {
+                            return at + i
+                        }
+                    }
+                    i += 1
+                }
+                at += block
+            }
+            return nil
+        }
+
+        scan: while true {
+            if let size, pos >= size {
+                issue(.error, pos, nil, "file ends after \(pos) bytes without index and trailer: truncated or still being written")
+                break
+            }
+            let magic = try readAt(pos, 4)
+            if magic.isEmpty {
+                issue(.error, pos, nil, "input ends after \(pos) bytes without index and trailer: truncated or still being written")
+                break
+            }
+            if magic == Array("RTIX".utf8) {
+                var frame = magic + (try readAt(pos + 4, 12))
+                guard let n = try? TraceIndex.bodyLength(prefix: frame), size.map({ pos + 20 + n <= $0 }) ?? true else {
+                    issue(.error, pos, nil, "index frame header is damaged or runs past the end")
+                    break
+                }
+                frame += try readAt(pos + 16, n + 4)
+                do {
+                    let ix = try TraceIndex.decodeFrame(frame)
+                    if ix.chunks.map(\.offset) != chunkOffsets || ix.records.count != state.emitted + log.lostRecords {
+                        issue(.error, pos, nil, "index lists \(ix.chunks.count) chunks and \(ix.records.count) records, the scan found \(chunkOffsets.count) and \(state.emitted + log.lostRecords)")
+                    }
+                } catch {
+                    let e = error as? TraceError ?? TraceError(.corrupt, "\(error)")
+                    issue(.error, pos + (e.offset ?? 0), nil, "index: \(e.message)")
+                }
+                let t = try readAt(pos + 20 + n, 32)
+                if TraceIndex.parseTrailer(t) == nil {
+                    issue(.error, pos + 20 + n, nil, "index is not followed by a valid trailer")
+                } else if let size, pos + 20 + n + 32 != size {
+                    issue(.error, pos + 20 + n + 32, nil, "\(size - pos - 20 - n - 32) bytes follow the trailer")
+                } else {
+                    report.complete = true
+                }
+                break
+            }
+            guard magic == Array("RTCK".utf8) else {
+                issue(.error, pos, nil, "expected a frame (RTCK or RTIX), found \(hexPreview(magic))")
+                state.damage(log, at: pos)
+                if let next = try resync(from: pos + 1) { pos = next; continue } else { break }
+            }
+            let fixed = magic + (try readAt(pos + 4, 20))
+            let parsed = try parseChunkHeader(fixed, at: pos, readAt)
+            if case .failure(let why) = parsed {
+                issue(.error, why.offset, nil, why.message)
+                report.badChunks += 1
+                state.damage(log, at: pos)
+                if why.kind == .truncated { break }
+                if let next = try resync(from: pos + 1) { pos = next; continue } else { break }
+            }
+            guard case .success(let ch) = parsed else { break }
+            if let size, pos + ch.frameLength > size {
+                issue(.error, pos, nil, "chunk needs \(ch.frameLength) bytes but the file ends \(size - pos) bytes after its start: truncated")
+                report.badChunks += 1
+                state.damage(log, at: pos)
+                break
+            }
+            let frame = fixed + (try readAt(pos + 24, ch.frameLength - 24))
+            guard frame.count == ch.frameLength else {
+                issue(.error, pos, nil, "input ends inside a chunk: truncated")
+                report.badChunks += 1
+                state.damage(log, at: pos)
+                break
+            }
+            report.chunks += 1
+            chunkOffsets.append(pos)
+            do {
+                let d = try decoder.decode(frame: frame)
+                for id in d.unknownColumns { issue(.warning, pos, nil, "skipped unknown extension column #\(id)") }
+                try state.add(d, at: pos, log) { rec in
+                    validate(rec, header, pos, &allZero, &anyPresent, issue)
+                    try writer?.append(rec)
+                }
+            } catch {
+                guard let e = error as? TraceError, e.kind != .io else { throw error }
+                issue(.error, pos + (e.offset ?? 0), nil, "chunk at \(pos): \(e.message)")
+                report.badChunks += 1
+                state.damage(log, at: pos)
+            }
+            pos += ch.frameLength
+        }
+        state.finish(log)
+        for (l, z) in allZero.enumerated() where z && anyPresent[l] && header.model.numExperts > 1 {
+            issue(.error, nil, nil, "MoE layer \(header.model.layerMap[l]): every expert id is 0 — the routing of this layer was never captured")
+        }
+        report.issues = log.issues
+        report.lostRecords = log.lostRecords
+        report.records = state.emitted
+        report.rows = state.rows
+        try writer?.close()
+        return report
+    }
+
+    /// Reads and parses a chunk header at `pos`, as a result so the scan can go on after damage.
+    static func parseChunkHeader(
+        _ fixed: [UInt8], at pos: Int, _ readAt: (Int, Int) throws -> [UInt8]
+    ) throws -> Result<ChunkHeader, TraceError> {
+        if fixed.count < 24 { return .failure(TraceError(.truncated, "input ends inside a chunk header: truncated", offset: pos)) }
+        let l: Int
+        do { l = try ChunkHeader.headerLength(fixed: fixed[...]) } catch {
+            return .failure(TraceError(.corrupt, "chunk header: \(error.message)", offset: pos + (error.offset ?? 0)))
+        }
+        let hb = fixed + (try readAt(pos + 24, l - 24))
+        if hb.count < l { return .failure(TraceError(.truncated, "input ends inside a chunk header: truncated", offset: pos)) }
+        do { return .success(try ChunkHeader.parse(hb)) } catch {
+            return .failure(TraceError(error.kind, "chunk header: \(error.message)", offset: pos + (error.offset ?? 0)))
+        }
+    }
+
+    /// Checks a record's invariants: ids below num_experts, no expert twice in a (row, layer), logprob/prompt bounds.
+    static func validate(
+        _ rec: TraceRecord, _ h: TraceHeader, _ offset: Int, _ allZero: inout [Bool], _ anyPresent: inout [Bool],
+        _ issue: (CheckIssue.Severity, Int?, String?, String) -> Void
+    ) {
+        let L = h.model.moeLayers, k = h.model.topK, E = h.model.numExperts
+        var reported = 0
+        rec.expertIDs.withUnsafeBufferPointer { ids in
+            for r in 0..<rec.rowCount {
+                for l in 0..<L {
+                    let b = (r * L + l) * k
+                    let first = ids[b]
+                    var partial = false
+                    for j in 0..<k {
+                        let e = ids[b + j]
+                        if (e == TraceRecord.missing) != (first == TraceRecord.missing) { partial = true }
+                        if e == TraceRecord.missing { continue }
+                        anyPresent[l] = true
+                        if e != 0 { allZero[l] = false }
+                        if Int(e) >= E, reported < 20 {
+                            issue(.error, offset, rec.uid, "row \(r) (position \(rec.start + r)) layer \(h.model.layerMap[l]) slot \(j): expert id \(e) is not below num_experts \(E)")
+                            reported += 1
+                        }
+                        for q in 0..<j where ids[b + q] == e {
+                            if reported < 20 {
+                                issue(.error, offset, rec.uid, "row \(r) (position \(rec.start + r)) layer \(h.model.layerMap[l]): expert \(e) chosen twice (slots \(q) and \(j)); duplicates break all-to-all dispatch")
+                            }
+                            reported += 1
+                        }
+                    }
+                    if partial && reported < 20 {
+                        issue(.error, offset, rec.uid, "row \(r) layer \(h.model.layerMap[l]): some slots missing, some present")
+                        reported += 1
+                    }
+                }
+            }
+        }
+    }
+
+    /// Record assembly that survives damage: records touching a bad chunk are counted as lost.
+    struct Assembly {
+        let header: TraceHeader
+        var expected: UInt64 = 0
+        var resyncing = false
+        var emitted = 0
+        var rows = 0
+        var partial: (meta: RecordMeta, ordinal: UInt64, pieces: [DecodedPiece], rows: Int)? = nil
+
+        init(header: TraceHeader) { self.header = header }
+
+        mutating func damage(_ log: IssueLog, at: Int) {
+            let issue = log.add
+            if let p = partial {
+                issue(.error, at, p.meta.uid, "record \(p.ordinal) is lost: its remaining pieces are in a damaged or missing chunk")
+                log.lostRecords += 1
+                expected = p.ordinal + 1
+                partial = nil
+            }
+            resyncing = true
+        }
+
+        mutating func add(
+            _ d: DecodedChunk, at off: Int, _ log: IssueLog, _ emit: (TraceRecord) throws -> Void
+        ) throws {
+            let issue = log.add
+            let assembler = RecordAssembler(header: header, file: "")
+            for piece in d.pieces {
+                let p = piece.piece
+                if resyncing {
+                    if !p.first {
+                        issue(.error, off, "\(p.ordinal)", "record \(p.ordinal) is lost: its first piece was in a damaged chunk")
+                        log.lostRecords += 1
+                        expected = p.ordinal + 1
+                        continue
+                    }
+                    if p.ordinal > expected {
+                        issue(.error, off, nil, "records \(expected)…\(p.ordinal - 1) are lost with the damaged data")
+                        log.lostRecords += Int(p.ordinal - expected)
+                    }
+                    expected = p.ordinal
+                    resyncing = false
+                }
+                if p.first {
+                    if let part = partial {
+                        throw TraceError(.corrupt, "record \(part.ordinal) ends without its last piece", offset: 0)
+                    }
+                    guard p.ordinal == expected else {
+                        throw TraceError(.corrupt, "record ordinal \(p.ordinal), expected \(expected): a chunk is missing or out of order", offset: 0)
+                    }
+                    expected += 1
+                    partial = (piece.meta!, p.ordinal, [piece], p.rowCount)
+                } else {
+                    guard let part = partial, part.ordinal == p.ordinal, p.rowOffset == part.rows else {
+                        throw TraceError(.corrupt, "piece of record \(p.ordinal) at row \(p.rowOffset) does not continue the previous chunk", offset: 0)
+                    }
+                    partial!.pieces.append(piece)
+                    partial!.rows += p.rowCount
+                }
+                if partial!.rows > partial!.meta.rowCount {
+                    throw TraceError(.corrupt, "record \(p.ordinal) pieces hold more rows than its \(partial!.meta.rowCount)", offset: 0)
+                }
+                if p.last {
+                    let part = partial!
+                    partial = nil
+                    guard part.rows == part.meta.rowCount else {
+                        throw TraceError(.corrupt, "record \(p.ordinal) ends with \(part.rows) rows, it declares \(part.meta.rowCount)", offset: 0)
+                    }
+                    emitted += 1
+                    rows += part.rows
+                    try emit(assembler.makeRecord(part.meta, part.pieces))
+                }
+            }
+        }
+
+        mutating func finish(_ log: IssueLog) {
+            let issue = log.add
+            if let p = partial {
+                issue(.error, nil, p.meta.uid, "record \(p.ordinal) is incomplete: the file ends before its last piece")
+                log.lostRecords += 1
+                partial = nil
+            }
+        }
+    }
+}
+
+/// Collects issues (up to a limit) and lost-record counts during a check.
+final class IssueLog {
+    var issues: [CheckIssue] = []
+    var lostRecords = 0
+    let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    func add(_ severity: CheckIssue.Severity, _ offset: Int?, _ record: String?, _ message: String) {
+        if issues.count < limit { issues.append(CheckIssue(severity: severity, offset: offset, record: record, message: message)) }
+    }
+}

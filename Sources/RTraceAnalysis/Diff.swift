@@ -1,0 +1,440 @@
+import Dispatch
+import Foundation
+import RTrace
+
+/// Options of ``diffTraces(a:b:options:)``.
+public struct DiffOptions: Sendable {
+    /// Position buckets: row position relative to the sequence length, split in this many equal parts.
+    public var buckets: Int = 4
+    /// How many sequences with the most flipped rows to list.
+    public var top: Int = 10
+    /// Worker threads for the comparison (decoding uses the readers' own threads).
+    public var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    public init(buckets: Int = 4, top: Int = 10) {
+        self.buckets = max(1, buckets)
+        self.top = max(0, top)
+    }
+}
+
+/// Tallies of one comparison; partial tallies add up exactly (integer counts, sums merged in a fixed order).
+struct DiffAcc {
+    let L: Int, k: Int, E: Int, nb: Int
+    /// Histogram of the intersection size |A∩B| (0…k), per class (0 prompt, 1 response) and layer: `[(c*L+l)*(k+1)+i]`.
+    var hist: [Int]
+    /// Rows whose slot order differs, `[c*L+l]`.
+    var oflips: [Int]
+    var klSum: [Double], klN: [Int]
+    var wSum: [Double], wN: [Int]
+    /// Per class: rows with at least one compared layer, rows with a flipped layer, flipped (row, layer)s.
+    var rows = [0, 0], anyFlip = [0, 0], flippedLayers = [0, 0]
+    /// Per bucket: intersection histogram, ordered flips, rows, rows with a flip.
+    var bhist: [Int], boflips: [Int], brows: [Int], bany: [Int]
+    var matchedRows = 0, rowsOnlyA = 0, rowsOnlyB = 0
+    var missingA = 0, missingB = 0, skippedLayerRows = 0
+    var lpN = 0, k1 = 0.0, k3 = 0.0, ext = [0, 0, 0]
+    var top: [(uid: String, flipped: Int, rows: Int)] = []
+
+    init(L: Int, k: Int, E: Int, buckets: Int) {
+        self.L = L; self.k = k; self.E = E; nb = buckets
+        hist = Array(repeating: 0, count: 2 * L * (k + 1))
+        oflips = Array(repeating: 0, count: 2 * L)
+        klSum = Array(repeating: 0, count: L); klN = Array(repeating: 0, count: L)
+        wSum = Array(repeating: 0, count: L); wN = Array(repeating: 0, count: L)
+        bhist = Array(repeating: 0, count: buckets * (k + 1))
+        boflips = Array(repeating: 0, count: buckets)
+        brows = Array(repeating: 0, count: buckets); bany = Array(repeating: 0, count: buckets)
+    }
+
+    mutating func merge(_ o: DiffAcc) {
+        for i in hist.indices { hist[i] += o.hist[i] }
+        for i in oflips.indices { oflips[i] += o.oflips[i] }
+        for l in 0..<L { klSum[l] += o.klSum[l]; klN[l] += o.klN[l]; wSum[l] += o.wSum[l]; wN[l] += o.wN[l] }
+        for c in 0..<2 { rows[c] += o.rows[c]; anyFlip[c] += o.anyFlip[c]; flippedLayers[c] += o.flippedLayers[c] }
+        for i in bhist.indices { bhist[i] += o.bhist[i] }
+        for b in 0..<nb { boflips[b] += o.boflips[b]; brows[b] += o.brows[b]; bany[b] += o.bany[b] }
+        matchedRows += o.matchedRows; rowsOnlyA += o.rowsOnlyA; rowsOnlyB += o.rowsOnlyB
+        missingA += o.missingA; missingB += o.missingB; skippedLayerRows += o.skippedLayerRows
+        lpN += o.lpN; k1 += o.k1; k3 += o.k3
+        for i in 0..<3 { ext[i] += o.ext[i] }
+        top += o.top
+    }
+
+    static let taus: [Double] = [1.5, 2, 5]
+
+    /// Compares one sequence's two records. `stamp`/`mark` are scratch (no allocation per row).
+    mutating func add(_ a: TraceRecord, _ b: TraceRecord, mark: inout [UInt32], stamp: inout UInt32) {
+        let L = self.L, k = self.k, E = self.E, k1p = k + 1
+        let lo = max(a.start, b.start), hi = min(a.start + a.rowCount, b.start + b.rowCount)
+        let overlap = max(0, hi - lo)
+        matchedRows += overlap
+        rowsOnlyA += a.rowCount - overlap
+        rowsOnlyB += b.rowCount - overlap
+        let seqLen = max(1, a.tokens.count, a.start + a.rowCount, b.start + b.rowCount)
+        let wa = (a.weights != nil && b.weights != nil) ? a.weights!.floats : nil
+        let wb = wa != nil ? b.weights!.floats : nil
+        let la = (a.logits != nil && b.logits != nil) ? a.logits!.floats : nil
+        let lb = la != nil ? b.logits!.floats : nil
+        var flippedRows = 0
+        if overlap > 0 {
+            a.expertIDs.withUnsafeBufferPointer { ea in
+                b.expertIDs.withUnsafeBufferPointer { eb in
+                    mark.withUnsafeMutableBufferPointer { mk in
+                        hist.withUnsafeMutableBufferPointer { hs in
+                            for pos in lo..<hi {
+                                let ra = pos - a.start, rb = pos - b.start
+                                let c = a.isPromptRow(ra) ? 0 : 1
+                                let bk = min(nb - 1, pos * nb / seqLen)
+                                var flippedL = 0, compared = 0
+                                for l in 0..<L {
+                                    let oa = (ra * L + l) * k, ob = (rb * L + l) * k
+                                    let ma = ea[oa] == TraceRecord.missing, mb = eb[ob] == TraceRecord.missing
+                                    if ma || mb {
+                                        if ma { missingA += 1 }
+                                        if mb { missingB += 1 }
+                                        skippedLayerRows += 1
+                                        continue
+                                    }
+                                    compared += 1
+                                    if stamp == UInt32.max {
+                                        for i in 0..<mk.count { mk[i] = 0 }
+                                        stamp = 0
+                                    }
+                                    stamp &+= 1
+                                    let s = stamp
+                                    for j in 0..<k { mk[Int(ea[oa + j])] = s }
+                                    var inter = 0
+                                    var ordered = true
+                                    for j in 0..<k {
+                                        let e = eb[ob + j]
+                                        if Int(e) < E && mk[Int(e)] == s { inter += 1 }
+                                        if ea[oa + j] != e { ordered = false }
+                                    }
+                                    hs[(c * L + l) * k1p + inter] += 1
+                                    bhist[bk * k1p + inter] += 1
+                                    if !ordered { oflips[c * L + l] += 1; boflips[bk] += 1 }
+                                    if inter < k { flippedL += 1 }
+                                    if let wa, let wb {
+                                        var s = 0.0, n = 0
+                                        for j in 0..<k {
+                                            let e = ea[oa + j]
+                                            for j2 in 0..<k where eb[ob + j2] == e {
+                                                s += abs(Double(wa[oa + j]) - Double(wb[ob + j2])); n += 1
+                                                break
+                                            }
+                                        }
+                                        wSum[l] += s; wN[l] += n
+                                    }
+                                    if let la, let lb {
+                                        klSum[l] += routerKL(la, (ra * L + l) * E, lb, (rb * L + l) * E, E)
+                                        klN[l] += 1
+                                    }
+                                }
+                                if compared > 0 {
+                                    rows[c] += 1; brows[bk] += 1
+                                    flippedLayers[c] += flippedL
+                                    if flippedL > 0 { anyFlip[c] += 1; bany[bk] += 1; flippedRows += 1 }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if flippedRows > 0 { top.append((a.uid, flippedRows, overlap)) }
+        // Policy: logprobs of response tokens present in both.
+        if !a.logprobs.isEmpty && !b.logprobs.isEmpty {
+            let nA = a.tokens.isEmpty ? a.start + a.rowCount + 1 : a.tokens.count
+            let nB = b.tokens.isEmpty ? b.start + b.rowCount + 1 : b.tokens.count
+            let offA = nA - a.logprobs.count, offB = nB - b.logprobs.count
+            let t0 = max(offA, offB, a.promptLength), t1 = min(nA, nB)
+            let lt = DiffAcc.taus.map { log($0) }
+            if t0 < t1 {
+                for t in t0..<t1 {
+                    let d = Double(a.logprobs[t - offA]) - Double(b.logprobs[t - offB])  // log πA − log πB = −log r
+                    guard d.isFinite else { continue }
+                    lpN += 1
+                    k1 += d
+                    k3 += exp(-d) - 1 + d
+                    for i in 0..<3 where abs(d) > lt[i] { ext[i] += 1 }
+                }
+            }
+        }
+    }
+}
+
+/// KL(softmax(a) ‖ softmax(b)) over `n` logits, in double precision.
+@inline(__always)
+func routerKL(_ a: [Float], _ oa: Int, _ b: [Float], _ ob: Int, _ n: Int) -> Double {
+    var ma = -Double.infinity, mb = -Double.infinity
+    for e in 0..<n { ma = max(ma, Double(a[oa + e])); mb = max(mb, Double(b[ob + e])) }
+    var sa = 0.0, sb = 0.0
+    for e in 0..<n { sa += exp(Double(a[oa + e]) - ma); sb += exp(Double(b[ob + e]) - mb) }
+    let lseA = ma + log(sa), lseB = mb + log(sb)
+    var kl = 0.0
+    for e in 0..<n {
+        let xa = Double(a[oa + e]) - lseA
+        let p = exp(xa)
+        if p > 0 { kl += p * (xa - (Double(b[ob + e]) - lseB)) }
+    }
+    return max(0, kl)
+}
+
+/// The result of comparing two sides.
+public struct DiffReport {
+    var acc: DiffAcc
+    public var layerMap: [Int]
+    public var filesA: [String], filesB: [String]
+    public var sequencesMatched = 0, sequencesOnlyA = 0, sequencesOnlyB = 0
+    public var hasLogits = false, hasWeights = false, hasLogprobs = false
+    public var topN = 10
+
+    struct Summary { var n = 0, flips = 0, oflips = 0, jacc = 0.0, changed = 0 }
+
+    func summarize(_ h: ArraySlice<Int>, oflips: Int) -> Summary {
+        let k = acc.k
+        var s = Summary(oflips: oflips)
+        for (i, c) in h.enumerated() {
+            s.n += c
+            if i < k { s.flips += c }
+            s.jacc += Double(c) * Double(i) / Double(2 * k - i)
+            s.changed += c * (k - i)
+        }
+        return s
+    }
+
+    func cell(layer l: Int, cls: [Int]) -> Summary {
+        var t = Summary()
+        let k1 = acc.k + 1
+        for c in cls {
+            let b = (c * acc.L + l) * k1
+            let s = summarize(acc.hist[b..<b + k1], oflips: acc.oflips[c * acc.L + l])
+            t.n += s.n; t.flips += s.flips; t.oflips += s.oflips; t.jacc += s.jacc; t.changed += s.changed
+        }
+        return t
+    }
+
+    func total(cls: [Int]) -> Summary {
+        var t = Summary()
+        for l in 0..<acc.L {
+            let s = cell(layer: l, cls: cls)
+            t.n += s.n; t.flips += s.flips; t.oflips += s.oflips; t.jacc += s.jacc; t.changed += s.changed
+        }
+        return t
+    }
+
+    func ratio(_ a: Double, _ n: Int) -> Double? { n > 0 ? a / Double(n) : nil }
+
+    func summaryJSON(_ s: Summary, rows: Int, any: Int, flippedLayers: Int) -> [String: Any] {
+        [
+            "layer_rows": s.n, "rows": rows,
+            "flip_rate": jnum(ratio(Double(s.flips), s.n)),
+            "ordered_flip_rate": jnum(ratio(Double(s.oflips), s.n)),
+            "jaccard": jnum(ratio(s.jacc, s.n)),
+            "mean_experts_changed": jnum(ratio(Double(s.changed), s.n)),
+            "token_any_layer_flip": jnum(ratio(Double(any), rows)),
+            "mean_flipped_layers_per_row": jnum(ratio(Double(flippedLayers), rows)),
+        ]
+    }
+
+    /// Sequences with the most flipped rows (ties by uid).
+    public var topSequences: [(uid: String, flipped: Int, rows: Int)] {
+        Array(acc.top.sorted { $0.flipped != $1.flipped ? $0.flipped > $1.flipped : $0.uid < $1.uid }.prefix(topN))
+    }
+
+    /// The report as a JSON object (keys documented in spec/cli-json.md).
+    public var json: [String: Any] {
+        let all = total(cls: [0, 1])
+        let rows = acc.rows[0] + acc.rows[1], any = acc.anyFlip[0] + acc.anyFlip[1]
+        let fl = acc.flippedLayers[0] + acc.flippedLayers[1]
+        var o = summaryJSON(all, rows: rows, any: any, flippedLayers: fl)
+        o["a"] = filesA; o["b"] = filesB
+        o["top_k"] = acc.k; o["num_experts"] = acc.E
+        o["matched"] = [
+            "sequences": sequencesMatched, "sequences_only_a": sequencesOnlyA, "sequences_only_b": sequencesOnlyB,
+            "rows": acc.matchedRows, "rows_only_a": acc.rowsOnlyA, "rows_only_b": acc.rowsOnlyB,
+            "layer_rows_compared": all.n, "layer_rows_skipped": acc.skippedLayerRows,
+            "layer_rows_missing_a": acc.missingA, "layer_rows_missing_b": acc.missingB,
+        ]
+        var kls = 0.0, kln = 0, ws = 0.0, wn = 0
+        var per: [[String: Any]] = []
+        for l in 0..<acc.L {
+            let s = cell(layer: l, cls: [0, 1])
+            var p = summaryJSON(s, rows: 0, any: 0, flippedLayers: 0)
+            for key in ["rows", "token_any_layer_flip", "mean_flipped_layers_per_row"] { p[key] = nil }
+            p["layer"] = layerMap[l]
+            p["moe_index"] = l
+            p["router_kl"] = hasLogits ? jnum(ratio(acc.klSum[l], acc.klN[l])) : NSNull()
+            p["weight_mae"] = hasWeights ? jnum(ratio(acc.wSum[l], acc.wN[l])) : NSNull()
+            kls += acc.klSum[l]; kln += acc.klN[l]; ws += acc.wSum[l]; wn += acc.wN[l]
+            per.append(p)
+        }
+        o["per_layer"] = per
+        o["router_kl"] = hasLogits ? jnum(ratio(kls, kln)) : NSNull()
+        o["weight_mae"] = hasWeights ? jnum(ratio(ws, wn)) : NSNull()
+        o["prompt"] = summaryJSON(total(cls: [0]), rows: acc.rows[0], any: acc.anyFlip[0], flippedLayers: acc.flippedLayers[0])
+        o["response"] = summaryJSON(total(cls: [1]), rows: acc.rows[1], any: acc.anyFlip[1], flippedLayers: acc.flippedLayers[1])
+        var bs: [[String: Any]] = []
+        let k1 = acc.k + 1
+        for b in 0..<acc.nb {
+            let s = summarize(acc.bhist[b * k1..<(b + 1) * k1], oflips: acc.boflips[b])
+            var j = summaryJSON(s, rows: acc.brows[b], any: acc.bany[b], flippedLayers: 0)
+            j["mean_flipped_layers_per_row"] = jnum(ratio(Double(s.flips), acc.brows[b]))
+            j["bucket"] = b
+            j["from"] = Double(b) / Double(acc.nb); j["to"] = Double(b + 1) / Double(acc.nb)
+            bs.append(j)
+        }
+        o["buckets"] = bs
+        if hasLogprobs && acc.lpN > 0 {
+            let n = Double(acc.lpN)
+            o["policy"] = [
+                "tokens": acc.lpN, "k1": acc.k1 / n, "k3": acc.k3 / n,
+                "extreme_frac": ["1.5": Double(acc.ext[0]) / n, "2": Double(acc.ext[1]) / n, "5": Double(acc.ext[2]) / n],
+            ] as [String: Any]
+        } else {
+            o["policy"] = NSNull()
+        }
+        o["top"] = topSequences.map { ["uid": $0.uid, "flipped_rows": $0.flipped, "rows": $0.rows] as [String: Any] }
+        return o
+    }
+
+    /// Per-layer rows as CSV.
+    public var csv: String {
+        var s = "layer,moe_index,layer_rows,flip_rate,ordered_flip_rate,jaccard,mean_experts_changed,router_kl,weight_mae\n"
+        for l in 0..<acc.L {
+            let c = cell(layer: l, cls: [0, 1])
+            func v(_ x: Double?) -> String { x.map { "\($0)" } ?? "" }
+            s += "\(layerMap[l]),\(l),\(c.n),\(v(ratio(Double(c.flips), c.n))),\(v(ratio(Double(c.oflips), c.n))),"
+            s += "\(v(ratio(c.jacc, c.n))),\(v(ratio(Double(c.changed), c.n))),"
+            s += "\(hasLogits ? v(ratio(acc.klSum[l], acc.klN[l])) : ""),\(hasWeights ? v(ratio(acc.wSum[l], acc.wN[l])) : "")\n"
+        }
+        return s
+    }
+
+    /// An aligned table for people.
+    public var text: String {
+        let j = json
+        let m = j["matched"] as! [String: Any]
+        func g(_ d: [String: Any], _ k: String, _ digits: Int = 4) -> String { fmt(d[k] as? Double, digits) }
+        var s = "sequences: \(m["sequences"]!) matched, \(m["sequences_only_a"]!) only in A, \(m["sequences_only_b"]!) only in B\n"
+        s += "rows: \(m["rows"]!) matched, \(m["rows_only_a"]!) only in A, \(m["rows_only_b"]!) only in B; "
+        s += "(row, layer)s compared \(m["layer_rows_compared"]!), skipped as missing \(m["layer_rows_skipped"]!)\n\n"
+        var rows: [[String]] = [["layer", "rows", "flip", "ordered", "jaccard", "changed", "router_kl", "weight_mae"]]
+        for p in j["per_layer"] as! [[String: Any]] {
+            rows.append(["\(p["layer"]!)", "\(p["layer_rows"]!)", g(p, "flip_rate"), g(p, "ordered_flip_rate"), g(p, "jaccard"),
+                         g(p, "mean_experts_changed", 3), g(p, "router_kl", 6), g(p, "weight_mae", 6)])
+        }
+        rows.append(["all", "\(m["layer_rows_compared"]!)", g(j, "flip_rate"), g(j, "ordered_flip_rate"), g(j, "jaccard"),
+                     g(j, "mean_experts_changed", 3), g(j, "router_kl", 6), g(j, "weight_mae", 6)])
+        s += table(rows) + "\n"
+        var r2: [[String]] = [["rows", "count", "flip", "any_layer_flip", "flipped_layers/row"]]
+        for key in ["prompt", "response"] {
+            let d = j[key] as! [String: Any]
+            r2.append([key, "\(d["rows"]!)", g(d, "flip_rate"), g(d, "token_any_layer_flip"), g(d, "mean_flipped_layers_per_row", 3)])
+        }
+        for d in j["buckets"] as! [[String: Any]] {
+            r2.append(["pos \(fmt(d["from"] as? Double, 2))–\(fmt(d["to"] as? Double, 2))", "\(d["rows"]!)", g(d, "flip_rate"),
+                       g(d, "token_any_layer_flip"), g(d, "mean_flipped_layers_per_row", 3)])
+        }
+        r2.append(["all", "\(acc.rows[0] + acc.rows[1])", g(j, "flip_rate"), g(j, "token_any_layer_flip"), g(j, "mean_flipped_layers_per_row", 3)])
+        s += table(r2)
+        if let p = j["policy"] as? [String: Any] {
+            let e = p["extreme_frac"] as! [String: Double]
+            s += "\npolicy over \(p["tokens"]!) response tokens (r = πB/πA): k1 \(g(p, "k1", 6))  k3 \(g(p, "k3", 6))  "
+            s += "F(1.5) \(fmt(e["1.5"]))  F(2) \(fmt(e["2"]))  F(5) \(fmt(e["5"]))\n"
+        }
+        let top = topSequences
+        if !top.isEmpty {
+            s += "\nmost flipped sequences:\n"
+            s += table([["uid", "flipped_rows", "rows"]] + top.map { [$0.uid, "\($0.flipped)", "\($0.rows)"] })
+        }
+        return s
+    }
+}
+
+/// Compares side A (behaviour) with side B (training), joined on uid and row position.
+public func diffTraces(a pathsA: [String], b pathsB: [String], options: DiffOptions = DiffOptions()) throws -> DiffReport {
+    let filesA = try expandTracePaths(pathsA), filesB = try expandTracePaths(pathsB)
+    let ra = try openAll(filesA), rb = try openAll(filesB)
+    let ga = ra[0].header.model, gb = rb[0].header.model
+    try checkSameGeometry(ga, gb, filesA[0], filesB[0])
+    let L = ga.moeLayers, k = ga.topK, E = ga.numExperts
+    let threads = max(1, options.threads)
+    // Leave a core for the comparison when decoding.
+    for r in ra + rb { r.threads = max(1, threads) }
+    var rep = DiffReport(acc: DiffAcc(L: L, k: k, E: E, buckets: options.buckets), layerMap: ga.layerMap, filesA: filesA, filesB: filesB)
+    rep.topN = options.top
+    rep.hasLogits = ra.allSatisfy { $0.header.columns.routerLogits != nil } && rb.allSatisfy { $0.header.columns.routerLogits != nil }
+    rep.hasWeights = ra.allSatisfy { $0.header.columns.topkWeights != nil } && rb.allSatisfy { $0.header.columns.topkWeights != nil }
+    rep.hasLogprobs = ra.allSatisfy { $0.header.columns.logprobs } && rb.allSatisfy { $0.header.columns.logprobs }
+
+    let chA = streamRecords(ra), chB = streamRecords(rb)
+    var pendA: [String: TraceRecord] = [:], pendB: [String: TraceRecord] = [:]
+    var batch: [(TraceRecord, TraceRecord)] = []
+    var batchRows = 0
+    var acc = rep.acc
+    let topKeep = options.top
+
+    func flush() {
+        if batch.isEmpty { return }
+        let nt = min(threads, batch.count)
+        let parts = SharedSlots<DiffAcc>(count: nt)
+        let work = UncheckedBox(value: batch)
+        DispatchQueue.concurrentPerform(iterations: nt) { t in
+            var local = DiffAcc(L: L, k: k, E: E, buckets: options.buckets)
+            var mark = [UInt32](repeating: 0, count: max(E, 65_536))
+            var stamp: UInt32 = 0
+            var i = t
+            while i < work.value.count {
+                local.add(work.value[i].0, work.value[i].1, mark: &mark, stamp: &stamp)
+                i += nt
+            }
+            parts.set(t, local)
+        }
+        for t in 0..<nt { acc.merge(parts.get(t)) }
+        if acc.top.count > 4 * topKeep + 1024 {
+            acc.top = Array(acc.top.sorted { $0.flipped != $1.flipped ? $0.flipped > $1.flipped : $0.uid < $1.uid }.prefix(topKeep))
+        }
+        batch.removeAll(keepingCapacity: true)
+        batchRows = 0
+    }
+    func pair(_ x: TraceRecord, _ y: TraceRecord) {
+        rep.sequencesMatched += 1
+        batch.append((x, y))
+        batchRows += min(x.rowCount, y.rowCount) + 1
+        if batchRows >= 8192 || batch.count >= 512 { flush() }
+    }
+    var doneA = false, doneB = false
+    while !(doneA && doneB) {
+        if !doneA {
+            if let r = try chA.take() {
+                if let o = pendB.removeValue(forKey: r.uid) { pair(r, o) } else if pendA[r.uid] == nil { pendA[r.uid] = r }
+                else { throw TraceError(.invalidInput, "uid \(r.uid) appears twice in side A") }
+            } else { doneA = true }
+        }
+        if !doneB {
+            if let r = try chB.take() {
+                if let o = pendA.removeValue(forKey: r.uid) { pair(o, r) } else if pendB[r.uid] == nil { pendB[r.uid] = r }
+                else { throw TraceError(.invalidInput, "uid \(r.uid) appears twice in side B") }
+            } else { doneB = true }
+        }
+    }
+    flush()
+    rep.acc = acc
+    rep.sequencesOnlyA = pendA.count
+    rep.sequencesOnlyB = pendB.count
+    if rep.sequencesMatched == 0 {
+        throw TraceError(.invalidInput, "no sequence is in both sides: A has \(pendA.count) uids, B has \(pendB.count), none shared (are these traces of the same rollouts?)")
+    }
+    if acc.matchedRows == 0 {
+        throw TraceError(.invalidInput, "\(rep.sequencesMatched) sequences match by uid but no row position is in both sides")
+    }
+    return rep
+}
+
+/// Result slots written by concurrent workers, each slot by one worker.
+final class SharedSlots<T>: @unchecked Sendable {
+    private var slots: [T?]
+    init(count: Int) { slots = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ v: T) { slots.withUnsafeMutableBufferPointer { $0[i] = v } }
+    func get(_ i: Int) -> T { slots[i]! }
+}

@@ -1,0 +1,194 @@
+import Foundation
+import RTrace
+
+/// Expands trace arguments: a directory stands for every `*.rtrace` file inside it (sorted by name).
+public func expandTracePaths(_ args: [String]) throws(TraceError) -> [String] {
+    var out: [String] = []
+    for a in args {
+        var isDir: ObjCBool = false
+        if a != "-", FileManager.default.fileExists(atPath: a, isDirectory: &isDir), isDir.boolValue {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: a)) ?? []
+            let files = names.filter { $0.hasSuffix(".rtrace") }.sorted().map { (a as NSString).appendingPathComponent($0) }
+            if files.isEmpty { throw TraceError(.invalidInput, "directory \(a) holds no *.rtrace files") }
+            out += files
+        } else {
+            out.append(a)
+        }
+    }
+    return out
+}
+
+/// Checks that two geometries agree on everything the analyses index by; names the first difference.
+func checkSameGeometry(_ a: ModelGeometry, _ b: ModelGeometry, _ an: String, _ bn: String) throws(TraceError) {
+    func bad(_ what: String) -> TraceError {
+        TraceError(.geometryMismatch, "\(an) and \(bn) disagree on \(what): traces of different models cannot be compared")
+    }
+    if a.numLayers != b.numLayers { throw bad("num_layers (\(a.numLayers) vs \(b.numLayers))") }
+    if a.numExperts != b.numExperts { throw bad("num_experts (\(a.numExperts) vs \(b.numExperts))") }
+    if a.topK != b.topK { throw bad("top_k (\(a.topK) vs \(b.topK))") }
+    if a.layerMap != b.layerMap { throw bad("layer_map (\(a.layerMap) vs \(b.layerMap))") }
+}
+
+/// Opens every file and checks they share one geometry. Returns the readers (headers already read).
+func openAll(_ paths: [String]) throws(TraceError) -> [TraceReader] {
+    if paths.isEmpty { throw TraceError(.invalidInput, "no trace files given") }
+    var rs: [TraceReader] = []
+    for p in paths {
+        let r = try TraceReader(path: p)
+        if let f = rs.first { try checkSameGeometry(f.header.model, r.header.model, paths[0], p) }
+        rs.append(r)
+    }
+    return rs
+}
+
+/// A bounded queue of records filled by a reader thread.
+final class RecordChannel: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var items: [TraceRecord] = []
+    private var head = 0
+    private var finished = false
+    private var failure: (any Error)?
+    private let capacity: Int
+
+    init(capacity: Int = 64) { self.capacity = capacity }
+
+    func put(_ r: TraceRecord) {
+        cond.lock()
+        while items.count - head >= capacity && !finished { cond.wait() }
+        items.append(r)
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    func finish(_ e: (any Error)?) {
+        cond.lock()
+        finished = true
+        failure = e
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    /// The next record, or nil at the end; rethrows the reader's error.
+    func take() throws -> TraceRecord? {
+        cond.lock()
+        defer { cond.unlock() }
+        while head == items.count && !finished { cond.wait() }
+        if head < items.count {
+            let r = items[head]
+            head += 1
+            if head > 256 && head * 2 > items.count {
+                items.removeFirst(head)
+                head = 0
+            }
+            cond.broadcast()
+            return r
+        }
+        if let e = failure { throw e }
+        return nil
+    }
+}
+
+struct UncheckedBox<T>: @unchecked Sendable { let value: T }
+
+/// Streams the records of several readers, one after another, on a background thread.
+func streamRecords(_ readers: [TraceReader], capacity: Int = 64) -> RecordChannel {
+    let ch = RecordChannel(capacity: capacity)
+    let box = UncheckedBox(value: readers)
+    let t = Thread {
+        do {
+            for r in box.value { try r.forEachRecord { ch.put($0) } }
+            ch.finish(nil)
+        } catch {
+            ch.finish(error)
+        }
+    }
+    t.stackSize = 8 << 20
+    t.start()
+    return ch
+}
+
+/// An exactly associative sum of doubles: fixed point with 2⁻⁶⁰ resolution in 128 bits.
+///
+/// Partial sums merge exactly in any order, so statistics of shards merge to the statistics of the union.
+public struct ExactSum: Sendable, Equatable {
+    public static let scale = 0x1p60
+    public var raw: Int128 = 0
+    public init() {}
+    public init(raw: Int128) { self.raw = raw }
+    @inline(__always) public mutating func add(_ x: Double) {
+        guard x.isFinite else { return }
+        raw &+= Int128((x * ExactSum.scale).rounded())
+    }
+    public static func + (a: ExactSum, b: ExactSum) -> ExactSum { ExactSum(raw: a.raw &+ b.raw) }
+    public var value: Double { Double(raw) / ExactSum.scale }
+    public var text: String { String(raw) }
+    public init?(text: String) {
+        guard let r = Int128(text) else { return nil }
+        raw = r
+    }
+}
+
+/// Formats a double for tables.
+func fmt(_ x: Double?, _ digits: Int = 4) -> String {
+    guard let x, x.isFinite else { return "-" }
+    return String(format: "%.\(digits)f", x)
+}
+
+/// A JSON number, or null when undefined.
+func jnum(_ x: Double?) -> Any {
+    guard let x, x.isFinite else { return NSNull() }
+    return x
+}
+
+/// Pretty, key-sorted JSON text.
+public func jsonText(_ o: Any) -> String {
+    let d = try! JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+    return String(decoding: d, as: UTF8.self)
+}
+
+/// Left-aligned first column, right-aligned others.
+func table(_ rows: [[String]]) -> String {
+    guard let n = rows.first?.count else { return "" }
+    var w = [Int](repeating: 0, count: n)
+    for r in rows { for (i, c) in r.enumerated() where i < n { w[i] = max(w[i], c.count) } }
+    var s = ""
+    for r in rows {
+        var line = ""
+        for (i, c) in r.enumerated() where i < n {
+            let pad = String(repeating: " ", count: w[i] - c.count)
+            line += i == 0 ? c + pad : "  " + pad + c
+        }
+        s += line + "\n"
+    }
+    return s
+}
+
+/// Parses `key=value` thresholds.
+public func parseThresholds(_ specs: [String]) throws(TraceError) -> [(key: String, limit: Double)] {
+    var out: [(String, Double)] = []
+    for s in specs {
+        let parts = s.split(separator: "=", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let v = Double(parts[1]), !parts[0].isEmpty else {
+            throw TraceError(.invalidInput, "--fail-above expects KEY=NUMBER (for example flip_rate=0.05), found \(s)")
+        }
+        out.append((parts[0], v))
+    }
+    return out
+}
+
+/// Looks a dotted key (`flip_rate`, `policy.k3`) up in a JSON object and compares it to its limit.
+/// Returns the violations as messages; throws when a key does not name a number.
+public func checkThresholds(_ json: [String: Any], _ limits: [(key: String, limit: Double)]) throws(TraceError) -> [String] {
+    var out: [String] = []
+    for (key, limit) in limits {
+        var cur: Any? = json
+        for part in key.split(separator: ".") { cur = (cur as? [String: Any])?[String(part)] }
+        if cur is NSNull { continue }  // undefined (no data for it): nothing exceeded
+        guard let n = cur as? NSNumber ?? (cur as? Double).map({ NSNumber(value: $0) }) ?? (cur as? Int).map({ NSNumber(value: $0) }) else {
+            let keys = json.filter { $0.value is Double || $0.value is Int }.keys.sorted().joined(separator: ", ")
+            throw TraceError(.invalidInput, "--fail-above \(key): not a numeric key of the report (numeric top-level keys: \(keys))")
+        }
+        if n.doubleValue > limit { out.append("\(key) = \(n.doubleValue) exceeds \(limit)") }
+    }
+    return out
+}

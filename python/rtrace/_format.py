@@ -1,0 +1,170 @@
+"""Constants and low-level helpers of the .rtrace format (spec/format.md)."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+MAGIC = b"\x89RTR\r\n\x1a\n"
+CHUNK_MAGIC = b"RTCK"
+INDEX_MAGIC = b"RTIX"
+END_MAGIC = b"RTRCEND\n"
+MAJOR = 1
+MINOR = 0
+
+MAX_HEADER_JSON = 16 << 20
+MAX_COLUMNS = 64
+MAX_PIECES = 1 << 20
+MAX_ROWS = 1 << 24
+MAX_COLUMN = 1 << 30
+MAX_STRING = 65535
+MAX_ATTRS = 16 << 20
+MAX_INDEX = 1 << 30
+
+# column ids (§5)
+PIECES = 1
+RECORDS = 2
+TOKENS = 3
+LOGPROBS = 4
+MISSING = 8
+ID_SLOTS = 16
+ID_NEW = 17
+WEIGHTS = 18
+LOGITS = 19
+
+COLUMN_NAMES = {
+    PIECES: "PIECES", RECORDS: "RECORDS", TOKENS: "TOKENS", LOGPROBS: "LOGPROBS",
+    MISSING: "MISSING", ID_SLOTS: "ID_SLOTS", ID_NEW: "ID_NEW", WEIGHTS: "WEIGHTS", LOGITS: "LOGITS",
+}
+
+NEW_MARKER = 0xFF
+
+# on-disk float dtypes -> numpy dtype used in memory (bf16 as uint16 bit patterns)
+FLOAT_DTYPES = {"f16": np.dtype("<f2"), "bf16": np.dtype("<u2"), "f32": np.dtype("<f4")}
+
+
+class FormatError(Exception):
+    """A damaged, truncated or invalid trace. ``offset`` is the byte offset of the problem
+    (or None), ``kind`` the error kind of spec §9 (truncated, notATrace, checksum, ...)."""
+
+    def __init__(self, message: str, offset: int | None = None, kind: str = "corrupt"):
+        self.offset = offset
+        self.kind = kind
+        where = f" at byte {offset}" if offset is not None else ""
+        super().__init__(f"{kind}{where}: {message}")
+
+
+def crc32(b) -> int:
+    return zlib.crc32(b) & 0xFFFFFFFF
+
+
+def shuffle(raw: bytes, width: int) -> bytes:
+    """Byte-shuffle (§6.1): stored byte b*n+i is byte b of element i."""
+    if width <= 1 or not raw:
+        return bytes(raw)
+    a = np.frombuffer(raw, dtype=np.uint8).reshape(-1, width)
+    return a.T.tobytes()
+
+
+def unshuffle(data: bytes, width: int) -> bytes:
+    if width <= 1 or not data:
+        return bytes(data)
+    a = np.frombuffer(data, dtype=np.uint8).reshape(width, -1)
+    return a.T.tobytes()
+
+
+def deflate(data: bytes, huffman_only: bool) -> bytes:
+    if huffman_only:
+        c = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_HUFFMAN_ONLY)
+    else:
+        c = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush()
+
+
+def inflate(data: bytes, raw_len: int, offset: int, name: str) -> bytes:
+    """Inflates a raw deflate stream that must give exactly raw_len bytes and end (bomb-safe)."""
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(data, raw_len) if raw_len > 0 else d.decompress(data, 1)
+    except zlib.error as e:
+        raise FormatError(f"column {name}: deflate stream is invalid ({e})", offset) from None
+    if len(out) != raw_len or not d.eof or d.unconsumed_tail:
+        raise FormatError(
+            f"column {name}: deflate stream does not give exactly raw_len={raw_len} bytes and end "
+            f"(got {len(out)}{'+' if d.unconsumed_tail else ''}, ended={d.eof})", offset)
+    return out
+
+
+def validate_header(h: dict) -> None:
+    """Checks the rules of spec §3.2; raises FormatError(kind='badHeader')."""
+    def bad(msg):
+        raise FormatError(msg, 16, "badHeader")
+
+    def isint(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(h, dict):
+        bad("header JSON is not an object")
+    if h.get("format") != "rtrace":
+        bad('header field format must be "rtrace"')
+    e = h.get("engine")
+    if not isinstance(e, dict):
+        bad("header field engine is missing or not an object")
+    if e.get("role") not in ("rollout", "train", "other"):
+        bad(f"engine.role must be rollout, train or other, found {e.get('role')!r}")
+    m = h.get("model")
+    if not isinstance(m, dict):
+        bad("header field model is missing or not an object")
+    for k in ("num_layers", "num_experts", "top_k"):
+        if not isint(m.get(k)):
+            bad(f"model.{k} must be an integer, found {m.get(k)!r}")
+    nl, ne, tk = m["num_layers"], m["num_experts"], m["top_k"]
+    if not 1 <= nl <= 65535:
+        bad(f"model.num_layers is {nl}, expected 1..65535")
+    if not 1 <= ne <= 65535:
+        bad(f"model.num_experts is {ne}, expected 1..65535")
+    if not 1 <= tk <= min(254, ne):
+        bad(f"model.top_k is {tk}, expected 1..{min(254, ne)} (at most num_experts and 254)")
+    lm = m.get("layer_map")
+    if not isinstance(lm, list) or not lm or not all(isint(x) for x in lm):
+        bad("model.layer_map must be a non-empty array of integers")
+    for i, x in enumerate(lm):
+        if not 0 <= x < nl:
+            bad(f"model.layer_map[{i}] is {x}, outside 0..{nl - 1}")
+        if i and lm[i - 1] >= x:
+            bad(f"model.layer_map must increase, but [{i-1}]={lm[i-1]} and [{i}]={x}")
+    c = h.get("columns")
+    if not isinstance(c, dict):
+        bad("header field columns is missing or not an object")
+    want = "u8" if ne <= 256 else "u16"
+    if c.get("topk_ids") != want:
+        bad(f'columns.topk_ids must be "{want}" for {ne} experts, found {c.get("topk_ids")!r}')
+    if c.get("tokens") != "i32":
+        bad('columns.tokens must be "i32"')
+    for k in ("topk_weights", "router_logits"):
+        if k in c and c[k] not in FLOAT_DTYPES:
+            bad(f"columns.{k} must be f16, bf16 or f32, found {c[k]!r}")
+    if "logprobs" in c and c["logprobs"] != "f32":
+        bad(f'columns.logprobs must be "f32", found {c["logprobs"]!r}')
+    pv = h.get("policy_version")
+    if pv is not None and not isint(pv):
+        bad(f"policy_version must be an integer or null, found {pv!r}")
+    a = h.get("attributes", {})
+    if not isinstance(a, dict):
+        bad("attributes must be an object")
+
+
+def float_to_bf16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns (uint16), round to nearest even (NaN kept quiet)."""
+    f = np.ascontiguousarray(a, dtype=np.float32)
+    u = f.view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(f)
+    if nan.any():
+        r[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return r
+
+
+def bf16_bits_to_float(a: np.ndarray) -> np.ndarray:
+    """bf16 bit patterns (uint16) -> float32."""
+    return (np.asarray(a, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)

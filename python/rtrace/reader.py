@@ -1,0 +1,658 @@
+"""Reading .rtrace files (spec/format.md)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _format as F
+from ._format import FormatError
+
+__all__ = ["Reader", "Record", "decode_ids"]
+
+
+@dataclass
+class Record:
+    uid: str
+    group: Optional[str]
+    tokens: np.ndarray            # int32 [n_tokens]
+    prompt_len: int
+    start: int
+    topk_ids: np.ndarray          # int32 [rows, layers, k], -1 = missing
+    topk_weights: Optional[np.ndarray] = None   # [rows, layers, k] f16/f32, bf16 as uint16
+    router_logits: Optional[np.ndarray] = None  # [rows, layers, E]
+    logprobs: Optional[np.ndarray] = None       # f32 [n_logprobs], None when the column is absent
+    reward: Optional[float] = None
+    attrs: Optional[dict] = None
+    ordinal: int = field(default=-1, repr=False)
+
+    @property
+    def n_rows(self) -> int:
+        return self.topk_ids.shape[0]
+
+    @property
+    def missing(self) -> np.ndarray:
+        """[rows, layers] bool: True where the (row, layer) was not captured."""
+        return self.topk_ids[:, :, 0] < 0
+
+
+def decode_ids(slots: np.ndarray, new: np.ndarray, valid_prev: np.ndarray, k: int, where=None):
+    """Inverse of the ordered-reuse coding (§6.2), vectorised with pointer jumping.
+
+    slots: [Q, k] uint8; new: ID_NEW values; valid_prev: [Q] bool (a previous present row of the
+    same piece and layer exists). Returns [Q, k] int32 ids."""
+    Q = slots.shape[0]
+    if Q == 0:
+        if len(new):
+            raise FormatError(f"ID_NEW holds {len(new)} values but ID_SLOTS has no 0xFF", where)
+        return np.zeros((0, k), dtype=np.int32)
+    isnew = slots == F.NEW_MARKER
+    ref_ok = slots < k
+    if not (isnew | ref_ok).all():
+        q, j = np.argwhere(~(isnew | ref_ok))[0]
+        raise FormatError(f"ID_SLOTS byte {int(slots[q, j])} at entry {q * k + j} is neither 0xFF nor < top_k={k}",
+                          where)
+    bad = ref_ok & ~valid_prev[:, None]
+    if bad.any():
+        q, j = np.argwhere(bad)[0]
+        raise FormatError(f"ID_SLOTS entry {q * k + j} refers to a previous row that does not exist", where)
+    nnew = int(isnew.sum())
+    if nnew != len(new):
+        raise FormatError(f"ID_NEW holds {len(new)} values but ID_SLOTS has {nnew} 0xFF bytes", where)
+    flat_new = isnew.reshape(-1)
+    idx = np.arange(Q * k, dtype=np.int64)
+    ref = np.where(flat_new, idx, idx - k - (idx % k) + slots.reshape(-1).astype(np.int64))
+    # pointer jumping until every entry points at a 0xFF entry
+    while True:
+        nxt = ref[ref]
+        if np.array_equal(nxt, ref):
+            break
+        ref = nxt
+    vals = np.zeros(Q * k, dtype=np.int32)
+    vals[flat_new] = new
+    return vals[ref].reshape(Q, k)
+
+
+class _Source:
+    """Reads exactly, tracking the offset; seekable when the file is."""
+
+    def __init__(self, target):
+        self.own = False
+        self.name = "<stream>"
+        if isinstance(target, (bytes, bytearray, memoryview)):
+            self.f = io.BytesIO(bytes(target))
+            self.name = "<bytes>"
+            self.own = True
+        elif isinstance(target, (str, os.PathLike)):
+            self.name = os.fspath(target)
+            self.f = open(target, "rb")
+            self.own = True
+        elif isinstance(target, int):
+            self.f = os.fdopen(target, "rb")
+            self.own = True
+        else:
+            self.f = target
+            self.name = getattr(target, "name", "<stream>")
+        try:
+            self.seekable = bool(self.f.seekable())
+        except Exception:
+            self.seekable = False
+        self.offset = 0
+        self.size = None
+        if self.seekable:
+            cur = self.f.tell()
+            self.size = self.f.seek(0, 2)
+            self.f.seek(cur)
+            self.offset = cur
+            self.base = cur
+        else:
+            self.base = 0
+
+    def read(self, n: int) -> bytes:
+        out = self.f.read(n)
+        if out is None:
+            out = b""
+        if len(out) < n:
+            parts = [out]
+            got = len(out)
+            while got < n:
+                b = self.f.read(n - got)
+                if not b:
+                    break
+                parts.append(b)
+                got += len(b)
+            out = b"".join(parts)
+        self.offset += len(out)
+        return out
+
+    def exact(self, n: int, what: str) -> bytes:
+        at = self.offset
+        b = self.read(n)
+        if len(b) < n:
+            raise FormatError(f"{self.name}: end of data inside {what} ({len(b)} of {n} bytes)", at, "truncated")
+        return b
+
+    def seek(self, pos: int):
+        self.f.seek(self.base + pos)
+        self.offset = pos
+
+    def left(self) -> Optional[int]:
+        return None if self.size is None else self.size - self.base - self.offset
+
+    def close(self):
+        if self.own:
+            self.f.close()
+
+
+def _describe(b: bytes) -> str:
+    if b.startswith(b"PK\x03\x04"):
+        return "a zip archive (an .npz?)"
+    if b.startswith(b"\x1f\x8b"):
+        return "gzip data"
+    if b.startswith(b"\x93NUMPY"):
+        return "a .npy array"
+    if b and all(32 <= c < 127 or c in (9, 10, 13) for c in b):
+        return "text"
+    return f"bytes {b[:8].hex(' ')}"
+
+
+class Reader:
+    """Reads a trace: iterate for records in order; ``get(uid)`` uses the index.
+
+    ``allow_incomplete=True`` reads a file without index/trailer (a writer still running or
+    killed) without raising at its end; ``reader.complete`` tells what was found."""
+
+    def __init__(self, path_or_file, allow_incomplete: bool = False):
+        self._src = _Source(path_or_file)
+        self.allow_incomplete = allow_incomplete
+        self.complete: Optional[bool] = None
+        self._index = None
+        self._warned_ext = set()
+        self._read_header()
+        if self._src.seekable:
+            self.complete = self._try_index()
+            self._src.seek(self.data_start)
+
+    # header ----------------------------------------------------------------------------------
+    def _read_header(self):
+        s = self._src
+        first = s.read(16)
+        if len(first) < 16 or (len(first) >= 8 and first[:8] != F.MAGIC):
+            if len(first) >= 8 and first[:8] != F.MAGIC:
+                raise FormatError(f"{s.name}: not an rtrace file: starts like {_describe(first)}", 0, "notATrace")
+            raise FormatError(f"{s.name}: {len(first)} bytes, a trace has at least 20", 0, "truncated")
+        major, minor, n = struct.unpack_from("<HHI", first, 8)
+        if major != F.MAJOR:
+            raise FormatError(f"{s.name}: format version {major}.{minor}, this reader supports {F.MAJOR}.x",
+                              8, "unsupportedVersion")
+        if not 2 <= n <= F.MAX_HEADER_JSON:
+            raise FormatError(f"{s.name}: header json_len {n} outside 2..{F.MAX_HEADER_JSON}", 12, "limit")
+        js = s.exact(n, "the header JSON")
+        crc = struct.unpack("<I", s.exact(4, "the header CRC"))[0]
+        got = F.crc32(first + js)
+        if crc != got:
+            raise FormatError(f"{s.name}: header CRC mismatch (stored {crc:08x}, computed {got:08x})", 16 + n,
+                              "checksum")
+        try:
+            h = json.loads(js.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise FormatError(f"{s.name}: header JSON does not parse: {e}", 16, "badHeader") from None
+        F.validate_header(h)
+        self.version = (major, minor)
+        self.header = h
+        m, c = h["model"], h["columns"]
+        self.L, self.k, self.E = len(m["layer_map"]), m["top_k"], m["num_experts"]
+        self.id_dtype = np.dtype("u1") if c["topk_ids"] == "u8" else np.dtype("<u2")
+        self.wdt = F.FLOAT_DTYPES.get(c.get("topk_weights"))
+        self.ldt = F.FLOAT_DTYPES.get(c.get("router_logits"))
+        self.has_logprobs = "logprobs" in c
+        self.data_start = 20 + n
+
+    # index -----------------------------------------------------------------------------------
+    def _try_index(self) -> bool:
+        s = self._src
+        size = s.size - s.base
+        if size < self.data_start + 32:
+            return False
+        s.seek(size - 32)
+        t = s.read(32)
+        if t[24:] != F.END_MAGIC or struct.unpack_from("<I", t, 20)[0] != F.crc32(t[:20]):
+            return False
+        io_, il, nch = struct.unpack_from("<QQI", t, 0)
+        if io_ + il + 32 != size or il < 20 or io_ < self.data_start or il - 20 > F.MAX_INDEX:
+            return False
+        s.seek(io_)
+        fr = s.read(il)
+        if fr[:4] != F.INDEX_MAGIC or struct.unpack_from("<I", fr, il - 4)[0] != F.crc32(fr[:il - 4]):
+            return False
+        body_len = struct.unpack_from("<Q", fr, 8)[0]
+        if body_len != il - 20:
+            return False
+        self._index = (io_, fr[16:16 + body_len], nch)
+        return True
+
+    def _parse_index(self):
+        if isinstance(self._index, dict) or self._index is None:
+            return self._index
+        io_, b, nch = self._index
+        try:
+            p = 0
+            (nc,) = struct.unpack_from("<Q", b, p); p += 8
+            if nc != nch or nc * 32 > len(b):
+                raise FormatError("index n_chunks disagrees with the trailer", io_)
+            chunks = [struct.unpack_from("<QQQII", b, p + 32 * i) for i in range(nc)]
+            p += 32 * nc
+            (nr,) = struct.unpack_from("<Q", b, p); p += 8
+            if nr * 20 > len(b):
+                raise FormatError(f"index n_records {nr} too large", io_, "limit")
+            records = []
+            uids = {}
+            for i in range(nr):
+                fc, cc, rows, toks, ul = struct.unpack_from("<IIIII", b, p); p += 20
+                uid = b[p:p + ul].decode("utf-8"); p += ul
+                records.append((fc, cc, rows, toks, uid))
+                uids.setdefault(uid, i)
+            total_rows, total_tokens = struct.unpack_from("<QQ", b, p)
+        except (struct.error, UnicodeDecodeError) as e:
+            raise FormatError(f"{self._src.name}: index body is malformed ({e})", io_) from None
+        self._index = {"chunks": chunks, "records": records, "uids": uids,
+                       "total_rows": total_rows, "total_tokens": total_tokens}
+        return self._index
+
+    @property
+    def index(self) -> Optional[dict]:
+        """The parsed index (chunks, records, uids, totals) of a complete seekable file, else None."""
+        return self._parse_index()
+
+    def __len__(self):
+        ix = self._parse_index()
+        if ix is None:
+            raise TypeError("len() needs a complete, seekable trace (it reads the index)")
+        return len(ix["records"])
+
+    def uids(self):
+        ix = self._parse_index()
+        if ix is None:
+            return [r.uid for r in self]
+        return [r[4] for r in ix["records"]]
+
+    def get(self, uid: str) -> Record:
+        """Looks a record up through the index (complete, seekable files); scans otherwise."""
+        ix = self._parse_index()
+        if ix is None:
+            for r in self:
+                if r.uid == uid:
+                    return r
+            raise KeyError(uid)
+        if uid not in ix["uids"]:
+            raise KeyError(uid)
+        ordinal = ix["uids"][uid]
+        fc, cc = ix["records"][ordinal][:2]
+        asm = _Assembler(self)
+        out = None
+        for ci in range(fc, fc + cc):
+            if ci >= len(ix["chunks"]):
+                raise FormatError(f"index names chunk {ci} of {len(ix['chunks'])}", None)
+            off = ix["chunks"][ci][0]
+            self._src.seek(off)
+            magic = self._src.exact(4, "a chunk magic")
+            if magic != F.CHUNK_MAGIC:
+                raise FormatError(f"{self._src.name}: index points at {magic!r}, not a chunk", off, "corrupt")
+            for rec in asm.feed(self._read_chunk(off), only=ordinal, seq_check=False):
+                out = rec
+        if out is None or out.uid != uid:
+            raise FormatError(f"{self._src.name}: index entry of {uid!r} does not lead to that record", None)
+        return out
+
+    # scanning --------------------------------------------------------------------------------
+    def __iter__(self):
+        s = self._src
+        if s.seekable:
+            s.seek(self.data_start)
+        elif s.offset != self.data_start:
+            raise ValueError("a non-seekable trace can be iterated once")
+        asm = _Assembler(self)
+        while True:
+            at = s.offset
+            magic = s.read(4)
+            if len(magic) == 0:
+                self.complete = False
+                if asm.pending is not None:
+                    msg = (f"{s.name}: record {asm.pending.ordinal} ({asm.pending.uid!r}) is cut: "
+                           f"its last piece is missing (no trailer: truncated or still being written)")
+                else:
+                    msg = f"{s.name}: no trailer: truncated or still being written"
+                if self.allow_incomplete:
+                    warnings.warn(msg)
+                    return
+                raise FormatError(msg, at, "truncated")
+            if len(magic) < 4:
+                self._end_incomplete(at, "a frame magic")
+                return
+            if magic == F.CHUNK_MAGIC:
+                try:
+                    chunk = self._read_chunk(at)
+                except FormatError as e:
+                    if e.kind == "truncated" and self.allow_incomplete:
+                        self.complete = False
+                        warnings.warn(str(e))
+                        return
+                    raise
+                yield from asm.feed(chunk)
+            elif magic == F.INDEX_MAGIC:
+                self._read_index_and_trailer(at)
+                if asm.pending is not None:
+                    raise FormatError(f"{s.name}: record {asm.pending.ordinal} has no LAST piece before the index",
+                                      at, "corrupt")
+                self.complete = True
+                return
+            else:
+                raise FormatError(f"{s.name}: unknown frame magic {magic!r}", at, "corrupt")
+
+    def _end_incomplete(self, at, what):
+        self.complete = False
+        msg = f"{self._src.name}: end of data inside {what} (no trailer: truncated or still being written)"
+        if self.allow_incomplete:
+            warnings.warn(msg)
+            return
+        raise FormatError(msg, at, "truncated")
+
+    def _read_index_and_trailer(self, at):
+        s = self._src
+        h = s.exact(12, "the index frame header")
+        _flags, body_len = struct.unpack("<IQ", h)
+        if body_len > F.MAX_INDEX:
+            raise FormatError(f"index body_len {body_len} exceeds 1 GiB", at, "limit")
+        left = s.left()
+        if left is not None and body_len + 4 > left:
+            raise FormatError(f"{s.name}: index frame runs past the end of the file", at, "truncated")
+        body = s.exact(body_len, "the index body")
+        crc = struct.unpack("<I", s.exact(4, "the index CRC"))[0]
+        got = F.crc32(b"RTIX" + h + body)
+        if crc != got:
+            raise FormatError(f"{s.name}: index CRC mismatch (stored {crc:08x}, computed {got:08x})", at, "checksum")
+        t = s.exact(32, "the trailer")
+        if t[24:] != F.END_MAGIC or struct.unpack_from("<I", t, 20)[0] != F.crc32(t[:20]):
+            raise FormatError(f"{s.name}: trailer is damaged", at + 20 + body_len, "checksum")
+        io_, il, _nch = struct.unpack_from("<QQI", t, 0)
+        if io_ != at or il != 20 + body_len:
+            raise FormatError(f"{s.name}: trailer names index at {io_} (+{il}), found at {at} (+{20 + body_len})",
+                              at + 20 + body_len, "corrupt")
+        if s.read(1):
+            raise FormatError(f"{s.name}: data after the trailer", s.offset - 1, "corrupt")
+
+    def _read_chunk(self, at):
+        """Reads the chunk frame whose magic (at offset ``at``) was just consumed; returns decoded columns."""
+        s = self._src
+        name = s.name
+        h = s.exact(20, "a chunk header")
+        C, P, R, payload_len = struct.unpack("<IIIQ", h)
+        if not 1 <= C <= F.MAX_COLUMNS:
+            raise FormatError(f"{name}: chunk n_columns {C} outside 1..64", at + 4, "limit")
+        if not 1 <= P <= F.MAX_PIECES:
+            raise FormatError(f"{name}: chunk n_pieces {P} outside 1..{F.MAX_PIECES}", at + 8, "limit")
+        if R > F.MAX_ROWS:
+            raise FormatError(f"{name}: chunk n_rows {R} exceeds {F.MAX_ROWS}", at + 12, "limit")
+        d = s.exact(16 * C, "a chunk directory")
+        crc = struct.unpack("<I", s.exact(4, "a chunk header CRC"))[0]
+        got = F.crc32(b"RTCK" + h + d)
+        if crc != got:
+            raise FormatError(f"{name}: chunk header CRC mismatch (stored {crc:08x}, computed {got:08x})",
+                              at, "checksum")
+        entries = [struct.unpack_from("<HBBIII", d, 16 * i) for i in range(C)]
+        total = 0
+        seen = set()
+        for cid, codec, tr, raw_len, stored_len, _c in entries:
+            cname = F.COLUMN_NAMES.get(cid, f"column {cid}")
+            if cid in seen:
+                raise FormatError(f"{name}: column {cname} appears twice in the chunk", at, "corrupt")
+            seen.add(cid)
+            if cid < 32 and cid not in F.COLUMN_NAMES:
+                raise FormatError(f"{name}: reserved column id {cid} unknown to this reader", at, "corrupt")
+            if codec not in (0, 1) or tr not in (0, 1):
+                raise FormatError(f"{name}: column {cname} codec {codec} / transform {tr} unknown", at, "corrupt")
+            if raw_len > F.MAX_COLUMN or stored_len > F.MAX_COLUMN:
+                raise FormatError(f"{name}: column {cname} raw_len {raw_len} / stored_len {stored_len} exceed 1 GiB",
+                                  at, "limit")
+            if codec == 0 and stored_len != raw_len:
+                raise FormatError(f"{name}: raw column {cname} has stored_len {stored_len} != raw_len {raw_len}",
+                                  at, "corrupt")
+            total += stored_len
+        if total != payload_len:
+            raise FormatError(f"{name}: chunk payload_len {payload_len} != sum of stored_len {total}", at + 16,
+                              "corrupt")
+        left = s.left()
+        if left is not None and payload_len > left:
+            raise FormatError(f"{name}: chunk payload ({payload_len} bytes) runs past the end of the file "
+                              f"({left} left)", at, "truncated")
+        for req in (F.PIECES, F.RECORDS, F.TOKENS, F.ID_SLOTS, F.ID_NEW):
+            if req not in seen:
+                raise FormatError(f"{name}: chunk lacks required column {F.COLUMN_NAMES[req]}", at, "corrupt")
+        for cid, opt in ((F.LOGPROBS, self.has_logprobs), (F.WEIGHTS, self.wdt is not None),
+                         (F.LOGITS, self.ldt is not None)):
+            if opt != (cid in seen):
+                raise FormatError(f"{name}: column {F.COLUMN_NAMES[cid]} is {'missing' if opt else 'present'} "
+                                  f"but the header says {'present' if opt else 'absent'}", at, "corrupt")
+        payload = s.exact(payload_len, "a chunk payload")
+        stored = {}
+        p = 0
+        for cid, codec, tr, raw_len, stored_len, ccrc in entries:
+            b = payload[p:p + stored_len]
+            p += stored_len
+            if F.crc32(b) != ccrc:
+                raise FormatError(f"{name}: CRC mismatch in column {F.COLUMN_NAMES.get(cid, cid)} of the chunk",
+                                  at, "checksum")
+            if cid >= 32:
+                if cid not in self._warned_ext:
+                    self._warned_ext.add(cid)
+                    warnings.warn(f"{name}: chunk at {at}: skipping unknown extension column {cid}")
+                continue
+            stored[cid] = (codec, tr, raw_len, b)
+        return _ChunkData(self, at, P, R, stored)
+
+
+class _ChunkData:
+    def __init__(self, rd: Reader, at: int, P: int, R: int, stored: dict):
+        self.rd, self.at, self.P, self.R, self.stored = rd, at, P, R, stored
+
+    def col(self, cid, expect_len, width):
+        codec, tr, raw_len, b = self.stored[cid]
+        name = F.COLUMN_NAMES[cid]
+        if expect_len is not None and raw_len != expect_len:
+            raise FormatError(f"{self.rd._src.name}: column {name} raw_len {raw_len}, content implies {expect_len}",
+                              self.at, "corrupt")
+        if raw_len % max(width, 1):
+            raise FormatError(f"column {name} raw_len {raw_len} is not a multiple of {width}", self.at, "corrupt")
+        data = F.inflate(b, raw_len, self.at, name) if codec == 1 else b
+        if tr == 1:
+            data = F.unshuffle(data, width)
+        return data
+
+    def decode(self):
+        """Returns (pieces, records_entries, per-chunk arrays)."""
+        rd, at = self.rd, self.at
+        name = rd._src.name
+        L, k, E = rd.L, rd.k, rd.E
+        P, R = self.P, self.R
+        pc = np.frombuffer(self.col(F.PIECES, P * 20, 1), dtype=np.dtype(
+            [("record", "<u8"), ("flags", "<u4"), ("row_offset", "<u4"), ("n_rows", "<u4")]))
+        if int(pc["n_rows"].sum(dtype=np.int64)) != R:
+            raise FormatError(f"{name}: pieces hold {int(pc['n_rows'].sum())} rows, chunk says {R}", at, "corrupt")
+        if (pc["flags"] & ~np.uint32(3)).any():
+            raise FormatError(f"{name}: piece flags have unknown bits", at, "corrupt")
+        nfirst = int((pc["flags"] & 1).sum())
+        rb = self.col(F.RECORDS, None, 1)
+        entries = []
+        p = 0
+        try:
+            for _ in range(nfirst):
+                (ul,) = struct.unpack_from("<I", rb, p); p += 4
+                if not 1 <= ul <= F.MAX_STRING:
+                    raise FormatError(f"{name}: uid_len {ul} outside 1..65535", at, "limit")
+                uid = rb[p:p + ul].decode("utf-8"); p += ul
+                (gl,) = struct.unpack_from("<I", rb, p); p += 4
+                if gl == 0xFFFFFFFF:
+                    group = None
+                else:
+                    if gl > F.MAX_STRING:
+                        raise FormatError(f"{name}: group_len {gl} exceeds 65535", at, "limit")
+                    group = rb[p:p + gl].decode("utf-8"); p += gl
+                nt, pl, st, nr, nl, fl, rw, al = struct.unpack_from("<IIIIIBdI", rb, p); p += 33
+                if al > F.MAX_ATTRS:
+                    raise FormatError(f"{name}: attrs_len {al} exceeds 16 MiB", at, "limit")
+                attrs = None
+                if al:
+                    if p + al > len(rb):
+                        raise struct.error("attributes run past the column")
+                    attrs = json.loads(rb[p:p + al].decode("utf-8")); p += al
+                if nt > 0 and (pl > nt or st + nr > nt or nl > nt):
+                    raise FormatError(f"{name}: record {uid!r} breaks prompt_len/start+n_rows/n_logprobs <= "
+                                      f"n_tokens ({pl}, {st}+{nr}, {nl}, {nt})", at, "corrupt")
+                if nl and not rd.has_logprobs:
+                    raise FormatError(f"{name}: record {uid!r} has logprobs but the column is absent", at, "corrupt")
+                entries.append(dict(uid=uid, group=group, n_tokens=nt, prompt_len=pl, start=st, n_rows=nr,
+                                    n_logprobs=nl, reward=rw if fl & 1 else None, attrs=attrs))
+        except (struct.error, UnicodeDecodeError, ValueError) as e:
+            if isinstance(e, FormatError):
+                raise
+            raise FormatError(f"{name}: RECORDS column is malformed ({e})", at, "corrupt") from None
+        if p != len(rb):
+            raise FormatError(f"{name}: RECORDS column has {len(rb) - p} trailing bytes", at, "corrupt")
+        ntok = sum(e["n_tokens"] for e in entries)
+        tokens = np.frombuffer(self.col(F.TOKENS, 4 * ntok, 4), dtype="<i4")
+        logprobs = None
+        if rd.has_logprobs:
+            logprobs = np.frombuffer(self.col(F.LOGPROBS, 4 * sum(e["n_logprobs"] for e in entries), 4), dtype="<f4")
+        nbits = L * R
+        if F.MISSING in self.stored:
+            mb = np.frombuffer(self.col(F.MISSING, (nbits + 7) // 8, 1), dtype=np.uint8)
+            bits = np.unpackbits(mb, bitorder="little")
+            if bits[nbits:].any():
+                raise FormatError(f"{name}: MISSING has unused high bits set", at, "corrupt")
+            missing = bits[:nbits].reshape(L, R).astype(bool)
+        else:
+            missing = np.zeros((L, R), dtype=bool)
+        present = ~missing
+        Q = int(present.sum())
+        slots = np.frombuffer(self.col(F.ID_SLOTS, Q * k, 1), dtype=np.uint8).reshape(Q, k)
+        nnew = int((slots == F.NEW_MARKER).sum())
+        w = rd.id_dtype.itemsize
+        new = np.frombuffer(self.col(F.ID_NEW, nnew * w, w), dtype=rd.id_dtype)
+        piece_of_row = np.repeat(np.arange(P, dtype=np.int64), pc["n_rows"].astype(np.int64))
+        li, ri = np.nonzero(present)
+        key = li.astype(np.int64) * P + piece_of_row[ri]
+        valid = np.zeros(Q, dtype=bool)
+        valid[1:] = key[1:] == key[:-1]
+        try:
+            vals = decode_ids(slots, new, valid, k, at)
+        except FormatError as e:
+            raise FormatError(f"{name}: chunk ids coding invalid: {str(e).split(': ', 1)[-1]}", at, "corrupt") \
+                from None
+        ids_lr = np.full((L, R, k), -1, dtype=np.int32)
+        ids_lr[present] = vals
+        ids = ids_lr.transpose(1, 0, 2)  # [R, L, k] view
+        weights = logits = None
+        if rd.wdt is not None:
+            wd = np.frombuffer(self.col(F.WEIGHTS, Q * k * rd.wdt.itemsize, rd.wdt.itemsize), dtype=rd.wdt)
+            a = np.zeros((L, R, k), dtype=rd.wdt)
+            a[present] = wd.reshape(Q, k)
+            weights = a.transpose(1, 0, 2)
+        if rd.ldt is not None:
+            ld = np.frombuffer(self.col(F.LOGITS, Q * E * rd.ldt.itemsize, rd.ldt.itemsize), dtype=rd.ldt)
+            a = np.zeros((L, R, E), dtype=rd.ldt)
+            a[present] = ld.reshape(Q, E)
+            logits = a.transpose(1, 0, 2)
+        return pc, entries, tokens, logprobs, ids, weights, logits
+
+
+class _Assembler:
+    """Joins pieces across chunks into records, checking the ordering rules of §5.2."""
+
+    def __init__(self, rd: Reader):
+        self.rd = rd
+        self.pending: Optional[Record] = None
+        self.filled = 0
+        self.next_ordinal = 0
+
+    def feed(self, chunk: _ChunkData, only: Optional[int] = None, seq_check: bool = True):
+        rd = self.rd
+        name = rd._src.name
+        at = chunk.at
+        pc, entries, tokens, logprobs, ids, weights, logits = chunk.decode()
+        ei = tp = lp = r0 = 0
+        out = []
+        for i in range(len(pc)):
+            ordinal, flags, ro, n = int(pc["record"][i]), int(pc["flags"][i]), int(pc["row_offset"][i]), \
+                int(pc["n_rows"][i])
+            first, last = bool(flags & 1), bool(flags & 2)
+            rows = slice(r0, r0 + n)
+            r0 += n
+            if first:
+                e = entries[ei]; ei += 1
+                toks = tokens[tp:tp + e["n_tokens"]]; tp += e["n_tokens"]
+                lps = None
+                if logprobs is not None:
+                    lps = logprobs[lp:lp + e["n_logprobs"]]; lp += e["n_logprobs"]
+                if self.pending is not None:
+                    raise FormatError(f"{name}: record {self.pending.ordinal} ends without a LAST piece",
+                                      at, "corrupt")
+                if ro != 0:
+                    raise FormatError(f"{name}: FIRST piece of record {ordinal} has row_offset {ro}", at, "corrupt")
+                if seq_check and ordinal != self.next_ordinal:
+                    raise FormatError(f"{name}: record ordinal {ordinal} where {self.next_ordinal} was expected",
+                                      at, "corrupt")
+                if i > 0 and not (int(pc["flags"][i - 1]) & 2):
+                    raise FormatError(f"{name}: piece {i - 1} lacks LAST but is not the chunk's last", at, "corrupt")
+                self.next_ordinal = ordinal + 1
+                NR = e["n_rows"]
+                if n > NR:
+                    raise FormatError(f"{name}: piece of record {ordinal} holds {n} of its {NR} rows", at, "corrupt")
+                want = only is None or only == ordinal
+                rec = Record(uid=e["uid"], group=e["group"], tokens=toks.astype(np.int32), prompt_len=e["prompt_len"],
+                             start=e["start"], topk_ids=np.empty((NR, rd.L, rd.k), dtype=np.int32) if want else None,
+                             topk_weights=(np.empty((NR, rd.L, rd.k), dtype=rd.wdt.newbyteorder("=")) if want
+                                           and weights is not None else None),
+                             router_logits=(np.empty((NR, rd.L, rd.E), dtype=rd.ldt.newbyteorder("=")) if want
+                                            and logits is not None else None),
+                             logprobs=None if lps is None else lps.astype(np.float32),
+                             reward=e["reward"], attrs=e["attrs"], ordinal=ordinal)
+                rec._want = want
+                self.pending = rec
+                self.filled = 0
+            else:
+                if i != 0:
+                    raise FormatError(f"{name}: piece {i} lacks FIRST but is not the chunk's first", at, "corrupt")
+                if self.pending is None:
+                    if not seq_check:
+                        continue  # get(): a continuation of a record we do not want
+                    raise FormatError(f"{name}: piece of record {ordinal} continues nothing", at, "corrupt")
+                if ordinal != self.pending.ordinal or ro != self.filled:
+                    raise FormatError(f"{name}: piece (record {ordinal}, row_offset {ro}) does not continue record "
+                                      f"{self.pending.ordinal} at row {self.filled}", at, "corrupt")
+            rec = self.pending
+            if self.filled + n > rec.topk_ids.shape[0] if rec._want else self.filled + n > 1 << 62:
+                raise FormatError(f"{name}: record {ordinal} pieces exceed its n_rows", at, "corrupt")
+            if rec._want:
+                rec.topk_ids[self.filled:self.filled + n] = ids[rows]
+                if weights is not None:
+                    rec.topk_weights[self.filled:self.filled + n] = weights[rows]
+                if logits is not None:
+                    rec.router_logits[self.filled:self.filled + n] = logits[rows]
+            self.filled += n
+            if last:
+                if rec._want and self.filled != rec.topk_ids.shape[0]:
+                    raise FormatError(f"{name}: record {ordinal} ends after {self.filled} of its "
+                                      f"{rec.topk_ids.shape[0]} rows", at, "corrupt")
+                self.pending = None
+                if rec._want:
+                    del rec._want
+                    out.append(rec)
+                if only is not None and only == ordinal:
+                    break
+        return out
