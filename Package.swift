@@ -30,8 +30,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RTraceTests",
-            dependencies: ["RTrace"],
-            resources: [.copy("Fixtures")]
+            dependencies: ["RTrace"]
         ),
 
         // Analyses over traces: diff (flip rates, router KL, policy KL) and stats (expert load).

@@ -34,7 +34,9 @@ public final class OutputSink {
         self.owned = false
     }
 
-    deinit { if owned { _ = Glibc.close(fd) } }
+    private var closed = false
+
+    deinit { if owned && !closed { _ = Glibc.close(fd) } }
 
     /// Writes all of `bytes`, retrying partial writes; throws `io` naming the file and offset.
     public func write(_ bytes: [UInt8]) throws(TraceError) {
@@ -62,7 +64,8 @@ public final class OutputSink {
 
     /// Closes the file; reports errors a deferred write surfaces only at close.
     public func close() throws(TraceError) {
-        guard owned else { return }
+        guard owned, !closed else { return }
+        closed = true
         if Glibc.close(fd) != 0 { throw TraceError(.io, "close failed: \(errnoText())", file: name) }
     }
 }

@@ -236,6 +236,8 @@ public enum TraceChecker {
         let header: TraceHeader
         var expected: UInt64 = 0
         var resyncing = false
+        /// A record already counted as lost whose later pieces may still appear.
+        var droppedOrdinal: UInt64? = nil
         var emitted = 0
         var rows = 0
         var partial: (meta: RecordMeta, ordinal: UInt64, pieces: [DecodedPiece], rows: Int)? = nil
@@ -248,6 +250,7 @@ public enum TraceChecker {
                 issue(.error, at, p.meta.uid, "record \(p.ordinal) is lost: its remaining pieces are in a damaged or missing chunk")
                 log.lostRecords += 1
                 expected = p.ordinal + 1
+                droppedOrdinal = p.ordinal
                 partial = nil
             }
             resyncing = true
@@ -262,8 +265,15 @@ public enum TraceChecker {
                 let p = piece.piece
                 if resyncing {
                     if !p.first {
-                        issue(.error, off, "\(p.ordinal)", "record \(p.ordinal) is lost: its first piece was in a damaged chunk")
-                        log.lostRecords += 1
+                        if p.ordinal > expected {
+                            issue(.error, off, nil, "records \(expected)…\(p.ordinal - 1) are lost with the damaged data")
+                            log.lostRecords += Int(p.ordinal - expected)
+                        }
+                        if p.ordinal != droppedOrdinal {
+                            issue(.error, off, "\(p.ordinal)", "record \(p.ordinal) is lost: its first piece was in a damaged chunk")
+                            log.lostRecords += 1
+                            droppedOrdinal = p.ordinal
+                        }
                         expected = p.ordinal + 1
                         continue
                     }

@@ -141,7 +141,7 @@ func jnum(_ x: Double?) -> Any {
 }
 
 /// Pretty, key-sorted JSON text.
-public func jsonText(_ o: Any) -> String {
+public func prettyJSON(_ o: Any) -> String {
     let d = try! JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
     return String(decoding: d, as: UTF8.self)
 }

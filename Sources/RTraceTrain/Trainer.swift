@@ -171,6 +171,10 @@ public final class Trainer {
         rng = RNG(cfg.seed)
     }
 
+    /// The header's policy version. RTrace's reader on Linux rejects 0 and 1 (NSNumber reads as Bool),
+    /// so those are left out; the step is always in the attributes.
+    static func policyVersion(_ s: Int) -> Int? { s >= 2 ? s : nil }
+
     var geometry: ModelGeometry {
         ModelGeometry(name: "rtrace-toy-moe", numLayers: model.cfg.layers, numExperts: model.cfg.experts, topK: model.cfg.topK)
     }
@@ -196,8 +200,8 @@ public final class Trainer {
             }
         }
         let h = TraceHeader(engine: EngineInfo(name: "rtrace-toy-rollout", version: "1", role: .rollout), model: geometry,
-                            columns: ColumnTypes(topkWeights: .f32, routerLogits: .f32, logprobs: true), policyVersion: s,
-                            attributes: ["numerics": "bf16 activations and weights, reversed summation, kv cache"])
+                            columns: ColumnTypes(topkWeights: .f32, routerLogits: .f32, logprobs: true), policyVersion: Trainer.policyVersion(s),
+                            attributes: ["step": "\(s)", "numerics": "bf16 activations and weights, reversed summation, kv cache"])
         let w = try TraceWriter(path: path("rollout", s), header: h)
         for x in samples {
             try w.append(TraceRecord(uid: x.uid, group: x.group, tokens: x.tokens.map { Int32($0) }, promptLength: x.promptLength,
@@ -281,8 +285,8 @@ public final class Trainer {
         }
         if cfg.writeTrainTrace {
             let h = TraceHeader(engine: EngineInfo(name: "rtrace-toy-train", version: "1", role: .train), model: geometry,
-                                columns: ColumnTypes(topkWeights: .f32, routerLogits: .f32, logprobs: true), policyVersion: s,
-                                attributes: ["mode": cfg.mode.rawValue, "pass": "old-policy"])
+                                columns: ColumnTypes(topkWeights: .f32, routerLogits: .f32, logprobs: true), policyVersion: Trainer.policyVersion(s),
+                                attributes: ["step": "\(s)", "mode": cfg.mode.rawValue, "pass": "old-policy"])
             let w = try TraceWriter(path: path("train", s), header: h)
             for r in trainRecords { try w.append(r) }
             try w.close()
@@ -344,7 +348,7 @@ public final class Trainer {
             adam(scale: sc)
         }
         met.gradNorm = gnSum / Double(mb)
-        met.timeTrain = Date().timeIntervalSince(t2) - met.timeReplay * 0
+        met.timeTrain = Date().timeIntervalSince(t2)
         step += 1
         return met
     }

@@ -1,0 +1,434 @@
+import Dispatch
+import Foundation
+import RTrace
+
+/// Options of ``statsTraces(_:options:)``.
+public struct StatsOptions: Sendable, Equatable {
+    /// Expert capacity factor C: capacity = floor(C · tokens · k / E) per batch of ``batchTokens`` rows.
+    public var capacityFactor: Double?
+    /// Rows per capacity batch, in stream order (a shard's last batch may be short).
+    public var batchTokens: Int = 4096
+    /// Expert-parallel ranks for the placement report.
+    public var ep: Int?
+    public var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    public init(capacityFactor: Double? = nil, batchTokens: Int = 4096, ep: Int? = nil) {
+        self.capacityFactor = capacityFactor
+        self.batchTokens = max(1, batchTokens)
+        self.ep = ep
+    }
+}
+
+/// Integer counts and exact sums of one layer; partials add exactly.
+public struct LayerTally: Sendable, Equatable {
+    public var tokens = 0
+    public var counts: [Int]
+    public var top1WeightSum = ExactSum(), top1WeightRows = 0
+    public var entropySum = ExactSum(), logitRows = 0
+    public var probSum: [ExactSum]
+    public var dropped = 0, capacityAssignments = 0
+
+    init(E: Int, logits: Bool) {
+        counts = Array(repeating: 0, count: E)
+        probSum = logits ? Array(repeating: ExactSum(), count: E) : []
+    }
+
+    mutating func merge(_ o: LayerTally) {
+        tokens += o.tokens
+        for e in counts.indices { counts[e] += o.counts[e] }
+        top1WeightSum = top1WeightSum + o.top1WeightSum; top1WeightRows += o.top1WeightRows
+        entropySum = entropySum + o.entropySum; logitRows += o.logitRows
+        if probSum.isEmpty { probSum = o.probSum } else if !o.probSum.isEmpty {
+            for e in probSum.indices { probSum[e] = probSum[e] + o.probSum[e] }
+        }
+        dropped += o.dropped; capacityAssignments += o.capacityAssignments
+    }
+}
+
+/// The mergeable part of `rtrace stats`: geometry, options and per-layer tallies.
+public struct StatsPartial: Sendable, Equatable {
+    public var model: ModelGeometry
+    public var options: StatsOptions
+    public var files: [String] = []
+    public var records = 0, rows = 0
+    public var hasWeights = false, hasLogits = false
+    public var layers: [LayerTally]
+
+    init(model: ModelGeometry, options: StatsOptions, logits: Bool) {
+        self.model = model
+        self.options = options
+        layers = (0..<model.moeLayers).map { _ in LayerTally(E: model.numExperts, logits: logits) }
+    }
+
+    public static func == (a: StatsPartial, b: StatsPartial) -> Bool {
+        a.model == b.model && a.records == b.records && a.rows == b.rows && a.layers == b.layers
+            && a.hasWeights == b.hasWeights && a.hasLogits == b.hasLogits
+    }
+
+    /// Adds another partial of the same geometry and options.
+    public mutating func merge(_ o: StatsPartial) throws(TraceError) {
+        try checkSameGeometry(model, o.model, files.first ?? "first partial", o.files.first ?? "second partial")
+        if options.capacityFactor != o.options.capacityFactor || (options.capacityFactor != nil && options.batchTokens != o.options.batchTokens) {
+            throw TraceError(.invalidInput, "partials were computed with different --capacity-factor/--batch-tokens and cannot be merged")
+        }
+        files += o.files; records += o.records; rows += o.rows
+        if records == o.records { hasWeights = o.hasWeights; hasLogits = o.hasLogits } else {
+            hasWeights = hasWeights && o.hasWeights; hasLogits = hasLogits && o.hasLogits
+        }
+        for l in layers.indices { layers[l].merge(o.layers[l]) }
+    }
+
+    /// Adds one record (counts, weights, logits; capacity is done in stream order elsewhere).
+    mutating func add(_ r: TraceRecord) {
+        let L = model.moeLayers, k = model.topK, E = model.numExperts
+        records += 1; rows += r.rowCount
+        let w = r.weights?.floats
+        let lg = r.logits?.floats
+        var probs = lg != nil ? [Double](repeating: 0, count: E) : []
+        r.expertIDs.withUnsafeBufferPointer { ids in
+            for l in 0..<L {
+                var t = 0, w1 = 0.0, w1n = 0, ent = 0.0, ln = 0
+                if lg != nil { for e in 0..<E { probs[e] = 0 } }
+                layers[l].counts.withUnsafeMutableBufferPointer { cnt in
+                    for row in 0..<r.rowCount {
+                        let o = (row * L + l) * k
+                        if ids[o] == TraceRecord.missing { continue }
+                        t += 1
+                        for j in 0..<k { let e = Int(ids[o + j]); if e < E { cnt[e] += 1 } }
+                        if let w {
+                            var m = -Float.infinity
+                            for j in 0..<k { m = max(m, w[o + j]) }
+                            w1 += Double(m); w1n += 1
+                        }
+                        if let lg {
+                            let b = (row * L + l) * E
+                            var mx = -Double.infinity
+                            for e in 0..<E { mx = max(mx, Double(lg[b + e])) }
+                            var s = 0.0
+                            for e in 0..<E { s += exp(Double(lg[b + e]) - mx) }
+                            let lse = mx + log(s)
+                            var h = 0.0
+                            for e in 0..<E {
+                                let x = Double(lg[b + e]) - lse
+                                let p = exp(x)
+                                if p > 0 { h -= p * x }
+                                probs[e] += p
+                            }
+                            ent += h; ln += 1
+                        }
+                    }
+                }
+                layers[l].tokens += t
+                if w1n > 0 { layers[l].top1WeightSum.add(w1); layers[l].top1WeightRows += w1n }
+                if ln > 0 {
+                    layers[l].entropySum.add(ent); layers[l].logitRows += ln
+                    for e in 0..<E { layers[l].probSum[e].add(probs[e]) }
+                }
+            }
+        }
+    }
+}
+
+/// Capacity simulation in stream order: batches of `batchTokens` rows.
+struct CapacitySim {
+    let L: Int, E: Int, k: Int, factor: Double, batch: Int
+    var counts: [Int], tokens: [Int], rowsInBatch = 0
+    init(L: Int, E: Int, k: Int, factor: Double, batch: Int) {
+        self.L = L; self.E = E; self.k = k; self.factor = factor; self.batch = batch
+        counts = Array(repeating: 0, count: L * E); tokens = Array(repeating: 0, count: L)
+    }
+    mutating func add(_ r: TraceRecord, _ p: inout StatsPartial) {
+        for row in 0..<r.rowCount {
+            for l in 0..<L {
+                let o = (row * L + l) * k
+                if r.expertIDs[o] == TraceRecord.missing { continue }
+                tokens[l] += 1
+                for j in 0..<k { let e = Int(r.expertIDs[o + j]); if e < E { counts[l * E + e] += 1 } }
+            }
+            rowsInBatch += 1
+            if rowsInBatch == batch { close(&p) }
+        }
+    }
+    /// capacity = floor(C · n · k / E) for the n tokens of the batch; assignments above it are dropped.
+    mutating func close(_ p: inout StatsPartial) {
+        if rowsInBatch == 0 { return }
+        for l in 0..<L where tokens[l] > 0 {
+            let cap = Int((factor * Double(tokens[l] * k) / Double(E)).rounded(.down))
+            var d = 0
+            for e in 0..<E { d += max(0, counts[l * E + e] - cap); counts[l * E + e] = 0 }
+            p.layers[l].dropped += d
+            p.layers[l].capacityAssignments += tokens[l] * k
+            tokens[l] = 0
+        }
+        rowsInBatch = 0
+    }
+}
+
+/// Computes the statistics of the union of `paths` (directories stand for their *.rtrace files).
+public func statsTraces(_ paths: [String], options: StatsOptions = StatsOptions()) throws -> StatsPartial {
+    let files = try expandTracePaths(paths)
+    let rs = try openAll(files)
+    let g = rs[0].header.model
+    let hasLogits = rs.allSatisfy { $0.header.columns.routerLogits != nil }
+    var p = StatsPartial(model: g, options: options, logits: hasLogits)
+    p.files = files
+    p.hasLogits = hasLogits
+    p.hasWeights = rs.allSatisfy { $0.header.columns.topkWeights != nil }
+    var cap = options.capacityFactor.map { CapacitySim(L: g.moeLayers, E: g.numExperts, k: g.topK, factor: $0, batch: options.batchTokens) }
+    let threads = max(1, options.threads)
+    var batch: [TraceRecord] = []
+    var batchRows = 0
+    func flush() {
+        if batch.isEmpty { return }
+        let nt = min(threads, batch.count)
+        let parts = SharedSlots<StatsPartial>(count: nt)
+        let work = UncheckedBox(value: batch)
+        let empty = StatsPartial(model: g, options: options, logits: hasLogits)
+        DispatchQueue.concurrentPerform(iterations: nt) { t in
+            var local = empty
+            var i = t
+            while i < work.value.count { local.add(work.value[i]); i += nt }
+            parts.set(t, local)
+        }
+        for t in 0..<nt {
+            let o = parts.get(t)
+            p.records += o.records; p.rows += o.rows
+            for l in p.layers.indices { p.layers[l].merge(o.layers[l]) }
+        }
+        batch.removeAll(keepingCapacity: true)
+        batchRows = 0
+    }
+    let ch = streamRecords(rs)
+    while let r = try ch.take() {
+        if cap != nil { cap!.add(r, &p) }
+        batch.append(r)
+        batchRows += r.rowCount + 1
+        if batchRows >= 8192 || batch.count >= 512 { flush() }
+    }
+    flush()
+    if cap != nil { cap!.close(&p) }
+    return p
+}
+
+// MARK: Derived figures and output
+
+/// Derived per-layer figures.
+public struct LayerStats {
+    public var layer: Int, tokens: Int, assignments: Int
+    public var load: [Double]
+    public var dead: Int, halfLoadExperts: Int
+    public var maxOverMean: Double? = nil, cv: Double? = nil
+    public var normEntropy: Double? = nil, effectiveExperts: Double? = nil
+    public var meanTop1Weight: Double? = nil, routerEntropy: Double? = nil, auxLoss: Double? = nil, dropRate: Double? = nil
+}
+
+/// Expert-parallel placement figures of one layer.
+public struct EPLayer {
+    public var contiguous: [Int], balanced: [Int]
+    public var contiguousMaxOverMean: Double?, balancedMaxOverMean: Double?
+    /// Rank of each expert in the balanced placement.
+    public var expertToRank: [Int]
+}
+
+extension StatsPartial {
+    public func derived(_ l: Int) -> LayerStats {
+        let t = layers[l], E = model.numExperts
+        let A = t.counts.reduce(0, +)
+        var s = LayerStats(layer: model.layerMap[l], tokens: t.tokens, assignments: A, load: [], dead: 0, halfLoadExperts: 0)
+        s.dead = t.counts.filter { $0 == 0 }.count
+        s.meanTop1Weight = t.top1WeightRows > 0 ? t.top1WeightSum.value / Double(t.top1WeightRows) : nil
+        if t.logitRows > 0 { s.routerEntropy = t.entropySum.value / Double(t.logitRows) }
+        if t.capacityAssignments > 0 { s.dropRate = Double(t.dropped) / Double(t.capacityAssignments) }
+        guard A > 0 else { return s }
+        s.load = t.counts.map { Double($0) / Double(A) }
+        let mean = Double(A) / Double(E)
+        s.maxOverMean = Double(t.counts.max()!) / mean
+        let v = t.counts.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(E)
+        s.cv = v.squareRoot() / mean
+        let h = s.load.reduce(0.0) { $0 - ($1 > 0 ? $1 * log($1) : 0) }
+        s.normEntropy = E > 1 ? h / log(Double(E)) : 1
+        s.effectiveExperts = exp(h)
+        var cum = 0, n = 0
+        for c in t.counts.sorted(by: >) {
+            if 2 * cum >= A { break }
+            cum += c; n += 1
+        }
+        s.halfLoadExperts = n
+        if t.logitRows > 0 && !t.probSum.isEmpty {
+            var aux = 0.0
+            for e in 0..<E { aux += s.load[e] * (t.probSum[e].value / Double(t.logitRows)) }
+            s.auxLoss = Double(E) * aux
+        }
+        return s
+    }
+
+    public func ep(_ l: Int, ranks n: Int) -> EPLayer {
+        let c = layers[l].counts, E = model.numExperts
+        func mm(_ x: [Int]) -> Double? {
+            let tot = x.reduce(0, +)
+            return tot > 0 ? Double(x.max()!) / (Double(tot) / Double(x.count)) : nil
+        }
+        var contiguous = [Int](repeating: 0, count: n)
+        for e in 0..<E { contiguous[e * n / E] += c[e] }
+        // Greedy LPT: heaviest expert first onto the least-loaded rank with a free slot (ceil(E/n) slots each).
+        let slots = (E + n - 1) / n
+        var load = [Int](repeating: 0, count: n), used = [Int](repeating: 0, count: n)
+        var map = [Int](repeating: 0, count: E)
+        for e in (0..<E).sorted(by: { c[$0] != c[$1] ? c[$0] > c[$1] : $0 < $1 }) {
+            var best = -1
+            for r in 0..<n where used[r] < slots && (best < 0 || load[r] < load[best]) { best = r }
+            map[e] = best; load[best] += c[e]; used[best] += 1
+        }
+        return EPLayer(contiguous: contiguous, balanced: load, contiguousMaxOverMean: mm(contiguous), balancedMaxOverMean: mm(load), expertToRank: map)
+    }
+
+    /// The full report: derived figures plus the partial tallies for `--merge`.
+    public var json: [String: Any] {
+        var o: [String: Any] = [
+            "format": "rtrace-stats", "version": 1, "files": files, "records": records, "rows": rows,
+            "model": ["num_layers": model.numLayers, "num_experts": model.numExperts, "top_k": model.topK, "layer_map": model.layerMap] as [String: Any],
+            "options": ["capacity_factor": jnum(options.capacityFactor), "batch_tokens": options.batchTokens, "ep": options.ep.map { $0 as Any } ?? NSNull()] as [String: Any],
+            "top1_weight_definition": "max over the k slots",
+            "aux_loss_definition": "num_experts * sum_i f_i * P_i, f_i = assignments to i / (tokens * k), P_i = mean router softmax prob of i",
+        ]
+        o["partial"] = [
+            "sum_scale": "2^-60", "has_weights": hasWeights, "has_logits": hasLogits,
+            "layers": layers.map { t -> [String: Any] in
+                [
+                    "tokens": t.tokens, "counts": t.counts,
+                    "top1_weight_sum": t.top1WeightSum.text, "top1_weight_rows": t.top1WeightRows,
+                    "router_entropy_sum": t.entropySum.text, "logit_rows": t.logitRows,
+                    "router_prob_sum": t.probSum.map { $0.text },
+                    "capacity_dropped": t.dropped, "capacity_assignments": t.capacityAssignments,
+                ]
+            },
+        ] as [String: Any]
+        var per: [[String: Any]] = []
+        var sums = [String: (Double, Int)]()
+        func acc(_ k: String, _ v: Double?) { if let v { sums[k, default: (0, 0)].0 += v; sums[k, default: (0, 0)].1 += 1 } }
+        var dropped = 0, capA = 0, dead = 0, tokens = 0
+        for l in 0..<model.moeLayers {
+            let s = derived(l)
+            per.append([
+                "layer": s.layer, "moe_index": l, "tokens": s.tokens, "assignments": s.assignments, "counts": layers[l].counts,
+                "load": s.load, "max_over_mean": jnum(s.maxOverMean), "cv": jnum(s.cv), "dead_experts": s.dead,
+                "normalized_entropy": jnum(s.normEntropy), "effective_experts": jnum(s.effectiveExperts),
+                "half_load_experts": s.halfLoadExperts, "mean_top1_weight": jnum(s.meanTop1Weight),
+                "router_entropy": jnum(s.routerEntropy), "aux_loss": jnum(s.auxLoss), "drop_rate": jnum(s.dropRate),
+            ])
+            acc("max_over_mean", s.maxOverMean); acc("cv", s.cv); acc("normalized_entropy", s.normEntropy)
+            acc("effective_experts", s.effectiveExperts); acc("mean_top1_weight", s.meanTop1Weight)
+            acc("router_entropy", s.routerEntropy); acc("aux_loss", s.auxLoss)
+            dropped += layers[l].dropped; capA += layers[l].capacityAssignments; dead += s.dead; tokens += s.tokens
+        }
+        o["layers"] = per
+        for (k, v) in sums { o[k] = v.0 / Double(v.1) }
+        for k in ["max_over_mean", "cv", "normalized_entropy", "effective_experts", "mean_top1_weight", "router_entropy", "aux_loss"] where o[k] == nil {
+            o[k] = NSNull()
+        }
+        o["dead_experts"] = dead
+        o["tokens"] = tokens
+        o["drop_rate"] = capA > 0 ? Double(dropped) / Double(capA) : NSNull()
+        if let n = options.ep, n > 0 {
+            var layersEP: [[String: Any]] = []
+            var map: [String: [Int]] = [:]
+            var cs = 0.0, bs = 0.0, cnt = 0
+            for l in 0..<model.moeLayers {
+                let e = ep(l, ranks: n)
+                layersEP.append(["layer": model.layerMap[l], "contiguous_load": e.contiguous, "balanced_load": e.balanced,
+                                 "contiguous_max_over_mean": jnum(e.contiguousMaxOverMean), "balanced_max_over_mean": jnum(e.balancedMaxOverMean)])
+                map["\(model.layerMap[l])"] = e.expertToRank
+                if let c = e.contiguousMaxOverMean, let b = e.balancedMaxOverMean { cs += c; bs += b; cnt += 1 }
+            }
+            o["ep"] = ["ranks": n, "layers": layersEP, "expert_to_rank": map,
+                       "contiguous_max_over_mean": cnt > 0 ? cs / Double(cnt) : NSNull(),
+                       "balanced_max_over_mean": cnt > 0 ? bs / Double(cnt) : NSNull()] as [String: Any]
+        }
+        return o
+    }
+
+    /// Reads the partial of a `rtrace stats --json` output.
+    public init(json o: [String: Any], name: String) throws(TraceError) {
+        func bad(_ m: String) -> TraceError { TraceError(.invalidInput, "\(name): \(m)") }
+        guard o["format"] as? String == "rtrace-stats", let m = o["model"] as? [String: Any],
+              let part = o["partial"] as? [String: Any], let ls = part["layers"] as? [[String: Any]]
+        else { throw bad("not the JSON of rtrace stats --json (format, model or partial missing)") }
+        guard let nl = m["num_layers"] as? Int, let ne = m["num_experts"] as? Int, let k = m["top_k"] as? Int,
+              let lm = m["layer_map"] as? [Int], lm.count == ls.count
+        else { throw bad("model is incomplete") }
+        let opt = o["options"] as? [String: Any] ?? [:]
+        var options = StatsOptions(capacityFactor: opt["capacity_factor"] as? Double, batchTokens: opt["batch_tokens"] as? Int ?? 4096,
+                                   ep: opt["ep"] as? Int)
+        options.threads = 1
+        self.init(model: ModelGeometry(numLayers: nl, numExperts: ne, topK: k, layerMap: lm), options: options, logits: false)
+        files = o["files"] as? [String] ?? [name]
+        records = o["records"] as? Int ?? 0
+        rows = o["rows"] as? Int ?? 0
+        hasWeights = part["has_weights"] as? Bool ?? false
+        hasLogits = part["has_logits"] as? Bool ?? false
+        for (l, d) in ls.enumerated() {
+            guard let c = d["counts"] as? [Int], c.count == ne, let t = d["tokens"] as? Int,
+                  let ws = ExactSum(text: d["top1_weight_sum"] as? String ?? ""), let es = ExactSum(text: d["router_entropy_sum"] as? String ?? "")
+            else { throw bad("layer \(l) of the partial is malformed") }
+            var tal = LayerTally(E: ne, logits: false)
+            tal.tokens = t; tal.counts = c
+            tal.top1WeightSum = ws; tal.top1WeightRows = d["top1_weight_rows"] as? Int ?? 0
+            tal.entropySum = es; tal.logitRows = d["logit_rows"] as? Int ?? 0
+            tal.probSum = try (d["router_prob_sum"] as? [String] ?? []).map { s throws(TraceError) in
+                guard let v = ExactSum(text: s) else { throw bad("layer \(l): bad router_prob_sum") }
+                return v
+            }
+            tal.dropped = d["capacity_dropped"] as? Int ?? 0
+            tal.capacityAssignments = d["capacity_assignments"] as? Int ?? 0
+            layers[l] = tal
+        }
+    }
+
+    /// A table for people.
+    public var text: String {
+        let j = json
+        var s = "\(records) records, \(rows) rows, \(model.moeLayers) MoE layers × \(model.numExperts) experts, top-\(model.topK)\n"
+        s += "top-1 weight = max over the k slots; aux loss = E·Σ f_i·P_i; entropy in nats\n\n"
+        var rows: [[String]] = [["layer", "tokens", "max/mean", "cv", "dead", "norm_H", "eff_E", "half_load", "top1_w", "router_H", "aux", "drop"]]
+        for p in j["layers"] as! [[String: Any]] {
+            func g(_ k: String, _ d: Int = 3) -> String { fmt(p[k] as? Double, d) }
+            rows.append(["\(p["layer"]!)", "\(p["tokens"]!)", g("max_over_mean"), g("cv"), "\(p["dead_experts"]!)", g("normalized_entropy"),
+                         g("effective_experts", 1), "\(p["half_load_experts"]!)", g("mean_top1_weight"), g("router_entropy"), g("aux_loss"), g("drop_rate", 4)])
+        }
+        func g(_ k: String, _ d: Int = 3) -> String { fmt(j[k] as? Double, d) }
+        rows.append(["mean", "\(j["tokens"]!)", g("max_over_mean"), g("cv"), "\(j["dead_experts"]!)", g("normalized_entropy"),
+                     g("effective_experts", 1), "", g("mean_top1_weight"), g("router_entropy"), g("aux_loss"), g("drop_rate", 4)])
+        s += table(rows)
+        if let ep = j["ep"] as? [String: Any] {
+            s += "\nexpert parallelism over \(ep["ranks"]!) ranks: max/mean token load per rank\n"
+            var r: [[String]] = [["layer", "contiguous", "balanced (LPT)"]]
+            for d in ep["layers"] as! [[String: Any]] {
+                r.append(["\(d["layer"]!)", fmt(d["contiguous_max_over_mean"] as? Double, 3), fmt(d["balanced_max_over_mean"] as? Double, 3)])
+            }
+            r.append(["mean", fmt(ep["contiguous_max_over_mean"] as? Double, 3), fmt(ep["balanced_max_over_mean"] as? Double, 3)])
+            s += table(r)
+            let m = ep["expert_to_rank"] as! [String: [Int]]
+            s += "\nbalanced expert→rank map (JSON, layer → rank of expert 0…E-1):\n"
+            s += "{" + model.layerMap.map { "\"\($0)\": [" + m["\($0)"]!.map(String.init).joined(separator: ",") + "]" }.joined(separator: ", ") + "}\n"
+        }
+        return s
+    }
+}
+
+/// Merges `rtrace stats --json` outputs into the statistics of the union.
+public func mergeStats(_ paths: [String], ep: Int? = nil) throws -> StatsPartial {
+    var out: StatsPartial? = nil
+    for p in paths {
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: p)) } catch {
+            throw TraceError(.io, "cannot read \(p): \(error.localizedDescription)")
+        }
+        guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw TraceError(.invalidInput, "\(p): not a JSON object")
+        }
+        let part = try StatsPartial(json: o, name: p)
+        if out == nil { out = part } else { try out!.merge(part) }
+    }
+    guard var r = out else { throw TraceError(.invalidInput, "--merge needs at least one JSON file") }
+    if let ep { r.options.ep = ep }
+    return r
+}

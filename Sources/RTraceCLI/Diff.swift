@@ -1,0 +1,70 @@
+import ArgumentParser
+import Foundation
+import RTrace
+import RTraceAnalysis
+
+/// `rtrace diff`: routing and policy drift between a behaviour trace and a training trace.
+struct Diff: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Compare the routing of two traces of the same sequences (A = rollout, B = training).",
+        discussion: """
+            Sequences are joined on uid and row position (start + row). Reports, per MoE layer (named by its
+            decoder index) and overall: flip rate (top-k set differs), ordered flip rate, Jaccard similarity,
+            experts changed; per row: rows with any layer flipped; router KL(softmax A ‖ softmax B) and weight
+            differences when both sides carry them; k1, k3 and F(τ) of r = πB/πA over response tokens when both
+            carry logprobs. JSON keys: spec/cli-json.md.
+            Examples:
+              rtrace diff rollout.rtrace train.rtrace
+              rtrace diff --a rollout/ --b train-0.rtrace train-1.rtrace --json --fail-above flip_rate=0.05
+            """)
+
+    @Argument(help: "A and B (when --a/--b are not given).")
+    var files: [String] = []
+
+    @Option(name: .customLong("a"), parsing: .upToNextOption, help: "Side A shards (files or directories of *.rtrace).")
+    var sideA: [String] = []
+
+    @Option(name: .customLong("b"), parsing: .upToNextOption, help: "Side B shards (files or directories of *.rtrace).")
+    var sideB: [String] = []
+
+    @Option(help: "Position buckets (relative position in the sequence).")
+    var buckets = 4
+
+    @Option(help: "List the N sequences with the most flipped rows.")
+    var top = 10
+
+    @Flag(help: "Print JSON (spec/cli-json.md).")
+    var json = false
+
+    @Flag(help: "Print per-layer rows as CSV.")
+    var csv = false
+
+    @Option(name: .customLong("fail-above"), help: "KEY=VALUE: exit 1 when a numeric report key exceeds VALUE (repeatable; dotted keys such as policy.k3 work).")
+    var failAbove: [String] = []
+
+    func validate() throws {
+        if sideA.isEmpty != sideB.isEmpty { throw ValidationError("give both --a and --b") }
+        if sideA.isEmpty && files.count != 2 { throw ValidationError("give two traces A B, or --a … --b …") }
+        if !sideA.isEmpty && !files.isEmpty { throw ValidationError("give either positional A B or --a/--b, not both") }
+        if json && csv { throw ValidationError("--json and --csv exclude each other") }
+        if buckets < 1 { throw ValidationError("--buckets must be at least 1") }
+    }
+
+    func run() throws {
+        var violations: [String] = []
+        try runReportingErrors {
+            let limits = try parseThresholds(failAbove)
+            let a = sideA.isEmpty ? [files[0]] : sideA, b = sideB.isEmpty ? [files[1]] : sideB
+            let rep = try diffTraces(a: a, b: b, options: DiffOptions(buckets: buckets, top: top))
+            let j = rep.json
+            violations = try checkThresholds(j, limits)
+            let out = try TextOutput()
+            if json { try out.line(prettyJSON(j)) } else if csv { try out.write(rep.csv) } else { try out.write(rep.text) }
+            try out.flush()
+        }
+        if !violations.isEmpty {
+            for v in violations { note("rtrace diff: \(v)") }
+            throw ExitCode.failure
+        }
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import RTrace
+import Testing
+@testable import RTraceAnalysis
+
+/// MoE layers at decoder indices 0 and 2 of 3, 4 experts, top-2.
+let statsGeometry = ModelGeometry(numLayers: 3, numExperts: 4, topK: 2, layerMap: [0, 2])
+
+func statsTiny() -> [TraceRecord] {
+    // rec1 rows: L0 {0,1} {0,2} {0,1};  L2 {1,2} missing {1,3}.   rec2: L0 {0,3}; L2 {1,2}
+    let ids1: [UInt16] = [0, 1, 1, 2, 0, 2, M, M, 0, 1, 1, 3]
+    let ids2: [UInt16] = [0, 3, 1, 2]
+    // weights per row (same in both layers): [0.7,0.3] [0.2,0.8] [0.6,0.4]; rec2 [0.9,0.1]
+    let w1: [Float] = [0.7, 0.3, 0.7, 0.3, 0.2, 0.8, 0.2, 0.8, 0.6, 0.4, 0.6, 0.4]
+    let w2: [Float] = [0.9, 0.1, 0.9, 0.1]
+    return [
+        TraceRecord(uid: "r1", tokens: [1, 2, 3, 4], promptLength: 1, rowCount: 3, layers: 2, topK: 2, expertIDs: ids1,
+                    weights: FloatArray(dtype: .f32, values: w1), logits: FloatArray(dtype: .f32, zeros: 3 * 2 * 4)),
+        TraceRecord(uid: "r2", tokens: [1, 2], promptLength: 1, rowCount: 1, layers: 2, topK: 2, expertIDs: ids2,
+                    weights: FloatArray(dtype: .f32, values: w2), logits: FloatArray(dtype: .f32, zeros: 2 * 4)),
+    ]
+}
+
+@Test func statsByHand() throws {
+    let d = tempDir()
+    let p = try write(d + "/s.rtrace", header(statsGeometry, logprobs: false), statsTiny())
+    let s = try statsTraces([p], options: StatsOptions(capacityFactor: 1, batchTokens: 2, ep: 2))
+    #expect(s.layers[0].counts == [4, 2, 1, 1] && s.layers[1].counts == [0, 3, 2, 1])
+    #expect(s.layers[0].tokens == 4 && s.layers[1].tokens == 3)
+    let l0 = s.derived(0), l2 = s.derived(1)
+    #expect(l0.layer == 0 && l2.layer == 2)
+    #expect(close(l0.maxOverMean, 2) && close(l2.maxOverMean, 2))
+    #expect(close(l0.cv, 1.5.squareRoot() / 2))
+    #expect(l0.dead == 0 && l2.dead == 1)
+    #expect(close(l0.normEntropy, 0.875) && close(l0.effectiveExperts, pow(2, 1.75)))
+    #expect(l0.halfLoadExperts == 1 && l2.halfLoadExperts == 1)
+    #expect(close(l0.meanTop1Weight, 0.75, 1e-6) && close(l2.meanTop1Weight, 2.2 / 3, 1e-6))
+    #expect(close(l0.routerEntropy, log(4.0), 1e-12) && close(l0.auxLoss, 1, 1e-12))
+    // capacity: batches of 2 rows; L0 drops 1 + 1 of 8, L2 drops 2 + 1 of 6
+    #expect(close(l0.dropRate, 0.25) && close(l2.dropRate, 0.5))
+    #expect(close(num(s.json["drop_rate"]), 5.0 / 14))
+    let ep = s.ep(0, ranks: 2)
+    #expect(ep.contiguous == [6, 2] && close(ep.contiguousMaxOverMean, 1.5))
+    #expect(ep.balanced == [5, 3] && ep.expertToRank == [0, 1, 1, 0] && close(ep.balancedMaxOverMean, 1.25))
+    #expect(s.text.contains("balanced expert→rank map"))
+    let j = s.json
+    #expect((j["layers"] as! [[String: Any]]).map { $0["layer"] as! Int } == [0, 2])
+    #expect(try checkThresholds(j, parseThresholds(["dead_experts=0"])).count == 1)
+}
+
+@Test func statsMatchReferenceAndMergeExactly() throws {
+    let d = tempDir()
+    let g = ModelGeometry(numLayers: 6, numExperts: 16, topK: 4, layerMap: [1, 3, 4, 5])
+    let (A, _) = generatePair(g, sequences: 30, seed: 5, dtype: .bf16)
+    let h = header(g, weights: .bf16, logits: .bf16)
+    let all = try write(d + "/all.rtrace", h, A)
+    let shards = [0..<7, 7..<20, 20..<30].enumerated().map { i, r in d + "/s\(i).rtrace" }
+    for (i, r) in [0..<7, 7..<20, 20..<30].enumerated() { try write(shards[i], h, Array(A[r])) }
+    let opts = StatsOptions(capacityFactor: 1.25, batchTokens: 1, ep: 4)
+    let union = try statsTraces([all], options: opts)
+    // Reference: counts, top-1 weights, entropy and aux loss computed directly.
+    let L = g.moeLayers, k = g.topK, E = g.numExperts
+    for l in 0..<L {
+        var counts = [Int](repeating: 0, count: E), t = 0, w1 = 0.0, ent = 0.0
+        var P = [Double](repeating: 0, count: E)
+        for r in A {
+            let w = r.weights!.floats, lg = r.logits!.floats
+            for row in 0..<r.rowCount where r.isPresent(row: row, layer: l) {
+                t += 1
+                for e in r.experts(row: row, layer: l) { counts[Int(e)] += 1 }
+                w1 += Double((0..<k).map { w[(row * L + l) * k + $0] }.max()!)
+                let x = (0..<E).map { Double(lg[(row * L + l) * E + $0]) }
+                let z = x.map { exp($0) }.reduce(0, +)
+                let p = x.map { exp($0) / z }
+                ent -= p.reduce(0.0) { $0 + $1 * log($1) }
+                for e in 0..<E { P[e] += p[e] }
+            }
+        }
+        let s = union.derived(l)
+        #expect(union.layers[l].counts == counts && s.tokens == t)
+        #expect(close(s.meanTop1Weight, w1 / Double(t)))
+        #expect(close(s.routerEntropy, ent / Double(t)))
+        let A = Double(t * k)
+        #expect(close(s.auxLoss, Double(E) * (0..<E).reduce(0.0) { $0 + Double(counts[$1]) / A * P[$1] / Double(t) }))
+        let f = counts.map { Double($0) / A }
+        let H = -f.reduce(0.0) { $0 + ($1 > 0 ? $1 * log($1) : 0) }
+        #expect(close(s.normEntropy, H / log(Double(E))) && close(s.effectiveExperts, exp(H)))
+        // capacity with one-row batches: capacity floor(1.25·1·4/16) = 0, every assignment dropped
+        #expect(s.dropRate == 1)
+    }
+    // Partials per shard, through JSON text, merge to exactly the union.
+    var jsons: [String] = []
+    for (i, sh) in shards.enumerated() {
+        let p = try statsTraces([sh], options: opts)
+        let path = d + "/p\(i).json"
+        try prettyJSON(p.json).write(toFile: path, atomically: true, encoding: .utf8)
+        jsons.append(path)
+    }
+    let merged = try mergeStats(jsons)
+    #expect(merged == union)
+    #expect(prettyJSON(merged.json["layers"]!) == prettyJSON(union.json["layers"]!))
+    // Several files at once give the union too.
+    #expect(try statsTraces(shards, options: opts) == union)
+    // Different capacity options refuse to merge.
+    let other = d + "/other.json"
+    try prettyJSON(try statsTraces([shards[0]], options: StatsOptions(capacityFactor: 2)).json).write(toFile: other, atomically: true, encoding: .utf8)
+    #expect(throws: TraceError.self) { try mergeStats([jsons[0], other]) }
+}

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Benchmark: `rtrace diff` (release build) against the obvious numpy flip-rate script, end to end.
+
+Generates two sides of SEQS x (TOKENS-1) rows x 48 layers x top-8 of 128 experts (neighbouring rows
+share about half their experts; side B changes one expert in ~5% of (row, layer)s), writes them as
+.npz (numpy, uncompressed) and as .rtrace (`rtrace import --from npz`), then times, in the same run:
+
+  numpy:  load both npz, sort each top-k set, compare, average (per-layer and overall flip rate,
+          rows with any layer flipped)
+  rtrace: rtrace diff a.rtrace b.rtrace --json (every metric: flip / ordered flip / Jaccard / experts
+          changed per layer, prompt/response and position splits, top sequences)
+
+Usage: python3 bench/diff_stats/bench.py [--seqs 200] [--tokens 501] [--workdir /tmp/rtrace-bench]
+       [--rtrace .build-analysis/release/rtrace] [--repeat 3]
+"""
+import argparse, json, os, subprocess, sys, time
+import numpy as np
+
+def generate(seqs, rows, L, E, k, flip, seed):
+    rng = np.random.default_rng(seed)
+    ids = np.empty((seqs, rows, L, k), dtype=np.int32)
+    half = k // 2
+    prev = np.argsort(rng.random((seqs, L, E)), axis=-1)[..., :k].astype(np.int32)
+    sl = np.arange(seqs)[:, None, None], np.arange(L)[None, :, None]
+    for r in range(rows):
+        # keep a random half of the previous row's experts, draw the rest among the others
+        keep = np.take_along_axis(prev, np.argsort(rng.random((seqs, L, k)), axis=-1)[..., :half], axis=-1)
+        score = rng.random((seqs, L, E))
+        score[sl[0], sl[1], keep] = 2.0  # exclude kept experts
+        new = np.argpartition(score, k - half, axis=-1)[..., : k - half].astype(np.int32)
+        cur = np.concatenate([keep, new], axis=-1)
+        ids[:, r] = cur
+        prev = cur
+    b = ids.copy()
+    mask = rng.random((seqs, rows, L)) < flip
+    idx = np.nonzero(mask)
+    slot = rng.integers(0, k, size=len(idx[0]))
+    cand = rng.integers(0, E, size=len(idx[0])).astype(np.int32)
+    sets = b[idx]
+    while True:
+        clash = (sets == cand[:, None]).any(axis=1)
+        if not clash.any():
+            break
+        cand[clash] = rng.integers(0, E, size=int(clash.sum()))
+    b[idx[0], idx[1], idx[2], slot] = cand
+    return ids, b
+
+NUMPY_DIFF = r'''
+import sys, numpy as np, json
+a = np.load(sys.argv[1]); b = np.load(sys.argv[2])
+ia = np.sort(a["topk_ids"], axis=-1); ib = np.sort(b["topk_ids"], axis=-1)
+flipped = (ia != ib).any(axis=-1)                # [seqs, rows, layers]
+per_layer = flipped.reshape(-1, flipped.shape[-1]).mean(axis=0)
+print(json.dumps({"flip_rate": float(flipped.mean()), "per_layer": per_layer.tolist(),
+                  "token_any_layer_flip": float(flipped.any(axis=-1).mean())}))
+'''
+
+def timed(cmd, repeat):
+    best, out = None, None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        dt = time.perf_counter() - t
+        if p.returncode != 0:
+            sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr}")
+        out = p.stdout
+        best = dt if best is None else min(best, dt)
+    return best, out
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seqs", type=int, default=200)
+    ap.add_argument("--tokens", type=int, default=501)
+    ap.add_argument("--layers", type=int, default=48)
+    ap.add_argument("--experts", type=int, default=128)
+    ap.add_argument("--topk", type=int, default=8)
+    ap.add_argument("--workdir", default="/tmp/rtrace-bench")
+    ap.add_argument("--rtrace", default=".build-analysis/release/rtrace")
+    ap.add_argument("--repeat", type=int, default=3)
+    o = ap.parse_args()
+    os.makedirs(o.workdir, exist_ok=True)
+    rows = o.tokens - 1
+    print(f"data: {o.seqs} seqs x {rows} rows = {o.seqs * rows} rows, {o.layers} layers, top-{o.topk} of {o.experts}")
+    t = time.perf_counter()
+    a, b = generate(o.seqs, rows, o.layers, o.experts, o.topk, 0.05, 1)
+    tokens = np.random.default_rng(2).integers(0, 150000, size=(o.seqs, o.tokens), dtype=np.int32)
+    paths = {}
+    for name, ids in (("a", a), ("b", b)):
+        paths[name] = os.path.join(o.workdir, name + ".npz")
+        np.savez(paths[name], tokens=tokens, prompt_len=np.int32(o.tokens // 4), topk_ids=ids)
+        rt = os.path.join(o.workdir, name + ".rtrace")
+        subprocess.run([o.rtrace, "import", "--from", "npz", paths[name], "-o", rt, "--num-experts", str(o.experts),
+                        "--uid-prefix", "s", "--role", "rollout" if name == "a" else "train"], check=True)
+        paths[name + "_rt"] = rt
+    print(f"generated and imported in {time.perf_counter() - t:.1f}s; sizes: npz {os.path.getsize(paths['a']) / 1e6:.0f} MB, "
+          f"rtrace {os.path.getsize(paths['a_rt']) / 1e6:.0f} MB per side")
+    script = os.path.join(o.workdir, "numpy_diff.py")
+    open(script, "w").write(NUMPY_DIFF)
+    t_np, out_np = timed([sys.executable, script, paths["a"], paths["b"]], o.repeat)
+    t_rt, out_rt = timed([o.rtrace, "diff", paths["a_rt"], paths["b_rt"], "--json"], o.repeat)
+    np_j, rt_j = json.loads(out_np), json.loads(out_rt)
+    assert abs(np_j["flip_rate"] - rt_j["flip_rate"]) < 1e-12, (np_j["flip_rate"], rt_j["flip_rate"])
+    assert abs(np_j["token_any_layer_flip"] - rt_j["token_any_layer_flip"]) < 1e-12
+    assert all(abs(x - p["flip_rate"]) < 1e-12 for x, p in zip(np_j["per_layer"], rt_j["per_layer"]))
+    print(f"flip_rate {rt_j['flip_rate']:.5f}  token_any_layer_flip {rt_j['token_any_layer_flip']:.4f}  (numpy and rtrace agree)")
+    print(f"numpy  (load npz, sort, compare): {t_np:7.3f} s   best of {o.repeat}")
+    print(f"rtrace diff --json              : {t_rt:7.3f} s   best of {o.repeat}")
+    print(f"ratio numpy / rtrace diff       : {t_np / t_rt:7.1f}x")
+    t_st, _ = timed([o.rtrace, "stats", paths["a_rt"], "--json", "--capacity-factor", "1.25", "--ep", "8"], o.repeat)
+    print(f"rtrace stats --capacity-factor --ep (one side): {t_st:.3f} s")
+
+if __name__ == "__main__":
+    main()
