@@ -168,7 +168,7 @@ public struct TraceHeader: Sendable, Equatable {
         let engine = EngineInfo(name: e["name"] as? String ?? "", version: e["version"] as? String ?? "", role: role)
         guard let m = o["model"] as? [String: Any] else { throw bad("header field model is missing or not an object") }
         func int(_ d: [String: Any], _ k: String, _ path: String) throws(TraceError) -> Int {
-            guard let n = d[k] as? NSNumber, !(n is Bool), n.doubleValue == n.doubleValue.rounded(),
+            guard let n = d[k] as? NSNumber, n.doubleValue == n.doubleValue.rounded(),
                 abs(n.doubleValue) < 1e15
             else { throw bad("\(path).\(k) must be an integer, found \(String(describing: d[k] ?? "nothing"))") }
             return n.intValue

@@ -75,6 +75,8 @@ struct DiffAcc {
         let la = (a.logits != nil && b.logits != nil) ? a.logits!.floats : nil
         let lb = la != nil ? b.logits!.floats : nil
         var flippedRows = 0
+        var st = stamp
+        defer { stamp = st }
         if overlap > 0 {
             a.expertIDs.withUnsafeBufferPointer { ea in
                 b.expertIDs.withUnsafeBufferPointer { eb in
@@ -95,20 +97,23 @@ struct DiffAcc {
                                         continue
                                     }
                                     compared += 1
-                                    if stamp == UInt32.max {
+                                    // A's experts marked with a fresh stamp in a per-worker table (65536 entries,
+                                    // any id indexes it): no allocation and no clearing per row.
+                                    if st == UInt32.max {
                                         for i in 0..<mk.count { mk[i] = 0 }
-                                        stamp = 0
+                                        st = 0
                                     }
-                                    stamp &+= 1
-                                    let s = stamp
+                                    st &+= 1
+                                    let s = st
                                     for j in 0..<k { mk[Int(ea[oa + j])] = s }
                                     var inter = 0
-                                    var ordered = true
+                                    var orderDiff: UInt16 = 0
                                     for j in 0..<k {
                                         let e = eb[ob + j]
-                                        if Int(e) < E && mk[Int(e)] == s { inter += 1 }
-                                        if ea[oa + j] != e { ordered = false }
+                                        inter &+= mk[Int(e)] == s ? 1 : 0
+                                        orderDiff |= ea[oa + j] ^ e
                                     }
+                                    let ordered = orderDiff == 0
                                     hs[(c * L + l) * k1p + inter] += 1
                                     bhist[bk * k1p + inter] += 1
                                     if !ordered { oflips[c * L + l] += 1; boflips[bk] += 1 }
@@ -381,7 +386,7 @@ public func diffTraces(a pathsA: [String], b pathsB: [String], options: DiffOpti
         let work = UncheckedBox(value: batch)
         DispatchQueue.concurrentPerform(iterations: nt) { t in
             var local = DiffAcc(L: L, k: k, E: E, buckets: options.buckets)
-            var mark = [UInt32](repeating: 0, count: max(E, 65_536))
+            var mark = [UInt32](repeating: 0, count: 65_536)
             var stamp: UInt32 = 0
             var i = t
             while i < work.value.count {
@@ -419,6 +424,9 @@ public func diffTraces(a pathsA: [String], b pathsB: [String], options: DiffOpti
         }
     }
     flush()
+    // Rows of sequences only one side has are rows present in only that side.
+    acc.rowsOnlyA += pendA.values.reduce(0) { $0 + $1.rowCount }
+    acc.rowsOnlyB += pendB.values.reduce(0) { $0 + $1.rowCount }
     rep.acc = acc
     rep.sequencesOnlyA = pendA.count
     rep.sequencesOnlyB = pendB.count

@@ -398,6 +398,13 @@ extension StatsPartial {
         rows.append(["mean", "\(j["tokens"]!)", g("max_over_mean"), g("cv"), "\(j["dead_experts"]!)", g("normalized_entropy"),
                      g("effective_experts", 1), "", g("mean_top1_weight"), g("router_entropy"), g("aux_loss"), g("drop_rate", 4)])
         s += table(rows)
+        s += "\nheaviest experts per layer (expert: load fraction):\n"
+        for l in 0..<model.moeLayers {
+            let c = layers[l].counts, tot = max(1, c.reduce(0, +))
+            let top = c.indices.sorted { c[$0] != c[$1] ? c[$0] > c[$1] : $0 < $1 }.prefix(6)
+            s += "  \(model.layerMap[l]): " + top.map { "e\($0) \(fmt(Double(c[$0]) / Double(tot), 3))" }.joined(separator: "  ") + "\n"
+        }
+        s += "(per-expert counts and loads of every layer: --json)\n"
         if let ep = j["ep"] as? [String: Any] {
             s += "\nexpert parallelism over \(ep["ranks"]!) ranks: max/mean token load per rank\n"
             var r: [[String]] = [["layer", "contiguous", "balanced (LPT)"]]

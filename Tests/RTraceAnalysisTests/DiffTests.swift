@@ -100,6 +100,7 @@ func tinyPair() -> (TraceRecord, TraceRecord) {
     let pb2 = try write(d + "/b2.rtrace", header(tinyGeometry), [b, b2])
     let m = try diffTraces(a: [pa], b: [pb2]).json["matched"] as! [String: Any]
     #expect(m["sequences"] as? Int == 1 && m["sequences_only_b"] as? Int == 1 && m["sequences_only_a"] as? Int == 0)
+    #expect(m["rows_only_b"] as? Int == 3 && m["rows_only_a"] as? Int == 0)
 }
 
 @Test func geometryMismatchIsRefused() throws {
@@ -260,4 +261,21 @@ struct RefDiff {
     #expect(try status(["diff", pa, pb, "--fail-above", "flip_rate=0.05"]) == 1)
     #expect(try status(["diff", pa, pb, "--json", "--fail-above", "flip_rate=0.5"]) == 0)
     #expect(try status(["stats", pa, "--fail-above", "dead_experts=100"]) == 0)
+}
+
+@Test func manyExpertsUseTheGeneralSetPath() throws {
+    // 300 experts (u16 ids): set comparison beyond the 256-bit mask.
+    let d = tempDir()
+    let g = ModelGeometry(numLayers: 2, numExperts: 300, topK: 3, layerMap: [0, 1])
+    let (A, B) = generatePair(g, sequences: 10, seed: 21, maxRows: 20, flip: 0.3)
+    let pa = try write(d + "/a.rtrace", header(g), A)
+    let pb = try write(d + "/b.rtrace", header(g), B)
+    let ref = RefDiff(A, B, g)
+    let j = try diffTraces(a: [pa], b: [pb]).json
+    for (l, p) in (j["per_layer"] as! [[String: Any]]).enumerated() {
+        #expect(close(num(p["flip_rate"]), Double(ref.flips[l]) / Double(ref.n[l])))
+        #expect(close(num(p["ordered_flip_rate"]), Double(ref.oflips[l]) / Double(ref.n[l])))
+        #expect(close(num(p["jaccard"]), ref.jacc[l] / Double(ref.n[l])))
+        #expect(close(num(p["router_kl"]), ref.kl[l] / Double(ref.n[l]), 1e-9))
+    }
 }

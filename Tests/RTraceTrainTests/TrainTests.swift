@@ -200,3 +200,29 @@ func gradCheck(override mode: ReplayMode) {
 @Test func flipRateCountsSets() {
     #expect(flipRate([1, 2, 3, 4], [2, 1, 3, 5], topK: 2) == (1, 2))
 }
+
+@Test func metricsMatchTheTraces() throws {
+    let out = tmpDir("none")
+    defer { try? FileManager.default.removeItem(atPath: out) }
+    let tr = Trainer(tinyTrain(.none, out))
+    let met = try tr.runStep()
+    let ro = try TraceReader(path: out + "/traces/step-0000.rollout.rtrace")
+    let tn = try TraceReader(path: out + "/traces/step-0000.train.rtrace")
+    #expect(ro.header.engine.role == .rollout && tn.header.engine.role == .train)
+    let a = try ro.readAll(), b = try tn.readAll()
+    #expect(a.map(\.uid) == b.map(\.uid))
+    var flips = 0, total = 0, k3 = 0.0, n = 0
+    for (x, y) in zip(a, b) {
+        #expect(x.tokens == y.tokens && x.reward == y.reward)
+        let f = flipRate(x.expertIDs, y.expertIDs, topK: 2)
+        flips += f.flips; total += f.total
+        for j in 0..<x.logprobs.count {
+            let lr = Double(y.logprobs[j]) - Double(x.logprobs[j])
+            k3 += exp(lr) - 1 - lr; n += 1
+        }
+    }
+    #expect(met.flipRateApplied == Double(flips) / Double(total))
+    #expect(met.flipRateApplied == met.flipRateNatural)
+    #expect(abs(met.k3 - k3 / Double(n)) < 1e-12)
+    #expect(met.k3 >= 0 && met.reward >= 0 && met.reward <= 1 && met.gradNorm > 0 && met.entropy > 0)
+}

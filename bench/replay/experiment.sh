@@ -20,5 +20,10 @@ printf '%s\n' "${runs[@]}" | xargs -P "$JOBS" -L 1 bash -c '
   mode=$0; seed=$1
   "'"$BIN"'" replay-train --mode "$mode" --seed "$seed" --steps '"$STEPS"' --out "'"$OUT"'/$mode-$seed" '"$CONFIG"' '"$*"' 2>/dev/null
   echo "done $mode seed $seed" >&2'
+# Timing pass: one run at a time, so the r3-vs-none overhead is not confounded by a parallel run.
+TSTEPS=${TSTEPS:-10}
+for rep in 1 2; do for mode in none r2 r3; do
+  "$BIN" replay-train --mode "$mode" --seed 1 --steps "$TSTEPS" --out "$OUT/timing/$mode-$rep" $CONFIG "$@" 2>/dev/null
+done; done
 python3 bench/replay/summarize.py "$OUT" "$STEPS" "$JOBS" "$CONFIG $*" > bench/replay.md
 cat bench/replay.md
