@@ -373,6 +373,7 @@ public func diffTraces(a pathsA: [String], b pathsB: [String], options: DiffOpti
     rep.hasLogprobs = ra.allSatisfy { $0.header.columns.logprobs } && rb.allSatisfy { $0.header.columns.logprobs }
 
     let chA = streamRecords(ra), chB = streamRecords(rb)
+    defer { chA.cancel(); chB.cancel() }
     var pendA: [String: TraceRecord] = [:], pendB: [String: TraceRecord] = [:]
     var batch: [(TraceRecord, TraceRecord)] = []
     var batchRows = 0

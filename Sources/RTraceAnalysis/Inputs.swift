@@ -52,10 +52,26 @@ final class RecordChannel: @unchecked Sendable {
 
     init(capacity: Int = 64) { self.capacity = capacity }
 
-    func put(_ r: TraceRecord) {
+    private var cancelled = false
+
+    struct Cancelled: Error {}
+
+    /// Adds a record, waiting while the queue is full; throws once the consumer has gone away.
+    func put(_ r: TraceRecord) throws {
         cond.lock()
-        while items.count - head >= capacity && !finished { cond.wait() }
+        defer { cond.unlock() }
+        while items.count - head >= capacity && !cancelled { cond.wait() }
+        if cancelled { throw Cancelled() }
         items.append(r)
+        cond.broadcast()
+    }
+
+    /// Stops the producer (its next put throws) and drops queued records.
+    func cancel() {
+        cond.lock()
+        cancelled = true
+        items.removeAll()
+        head = 0
         cond.broadcast()
         cond.unlock()
     }
@@ -96,7 +112,7 @@ func streamRecords(_ readers: [TraceReader], capacity: Int = 64) -> RecordChanne
     let box = UncheckedBox(value: readers)
     let t = Thread {
         do {
-            for r in box.value { try r.forEachRecord { ch.put($0) } }
+            for r in box.value { try r.forEachRecord { try ch.put($0) } }
             ch.finish(nil)
         } catch {
             ch.finish(error)

@@ -71,9 +71,8 @@ public struct StatsPartial: Sendable, Equatable {
             throw TraceError(.invalidInput, "partials were computed with different --capacity-factor/--batch-tokens and cannot be merged")
         }
         files += o.files; records += o.records; rows += o.rows
-        if records == o.records { hasWeights = o.hasWeights; hasLogits = o.hasLogits } else {
-            hasWeights = hasWeights && o.hasWeights; hasLogits = hasLogits && o.hasLogits
-        }
+        hasWeights = hasWeights && o.hasWeights
+        hasLogits = hasLogits && o.hasLogits
         for l in layers.indices { layers[l].merge(o.layers[l]) }
     }
 
@@ -198,6 +197,7 @@ public func statsTraces(_ paths: [String], options: StatsOptions = StatsOptions(
         batchRows = 0
     }
     let ch = streamRecords(rs)
+    defer { ch.cancel() }
     while let r = try ch.take() {
         if cap != nil { cap!.add(r, &p) }
         batch.append(r)

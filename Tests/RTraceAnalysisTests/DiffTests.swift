@@ -279,3 +279,16 @@ struct RefDiff {
         #expect(close(num(p["router_kl"]), ref.kl[l] / Double(ref.n[l]), 1e-9))
     }
 }
+
+@Test func earlyErrorStopsTheReaders() throws {
+    // A repeats a uid before B has it: an error, raised while the reader threads still have records to give.
+    let d = tempDir()
+    let (a, b) = tinyPair()
+    var recs = [a, a]
+    for i in 0..<300 { var r = a; r.uid = "u\(i)"; recs.append(r) }
+    var bt = b
+    bt.uid = "u0"
+    let pa = try write(d + "/a.rtrace", header(tinyGeometry), recs)
+    let pb = try write(d + "/b.rtrace", header(tinyGeometry), [bt])
+    #expect(throws: TraceError.self) { try diffTraces(a: [pa], b: [pb]) }
+}
