@@ -48,7 +48,6 @@ struct Import: ParsableCommand {
             o.numLayers = numLayers
             o.numExperts = numExperts
             o.layerMap = try layerMap.map(parseLayerList)
-            if o.numLayers == nil, let m = o.layerMap, let last = m.last, o.layerMap != nil { o.numLayers = nil; _ = last }
             o.policyVersion = policyVersion
             o.uidPrefix = uidPrefix
             o.validate = !noValidate
