@@ -132,8 +132,12 @@ public final class TraceReader {
         }
     }
 
-    /// Whether the file ended with a valid index and trailer (known up front for regular files).
-    public var isComplete: Bool { index != nil }
+    /// Set when a sequential read (a pipe, or a file whose index was not used) reached a valid index and trailer.
+    private var streamReachedTrailer = false
+
+    /// Whether the input ended with a valid index and trailer: known up front for regular files,
+    /// and for a pipe once a full pass (``forEachRecord(_:)``, ``summary()``) has reached its end.
+    public var isComplete: Bool { index != nil || streamReachedTrailer }
 
     // MARK: Frames
 
@@ -213,6 +217,7 @@ public final class TraceReader {
                         throw TraceError(.truncated, "index is not followed by a valid trailer", file: source.name, offset: source.position - t.count)
                     }
                     sawIndex = true
+                    streamReachedTrailer = true
                     done = true
                 }
                 if done { break }
@@ -297,7 +302,10 @@ public final class TraceReader {
         while let f = try nextFrame() {
             switch f {
             case .chunk(let off, let b): out.append((off, try ChunkHeader.parse(b)))
-            case .index: _ = try source.read(upTo: TraceIndex.trailerSize); return out
+            case .index:
+                let t = try source.read(upTo: TraceIndex.trailerSize)
+                if TraceIndex.parseTrailer(t) != nil { streamReachedTrailer = true }
+                return out
             }
         }
         return out
