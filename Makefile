@@ -5,7 +5,7 @@ BIN      := .build/debug/rtrace
 RELEASE  := .build/release/rtrace
 SAMPLES  := samples/qwen3moe-L6-E32-k4
 
-.PHONY: all deps build release test demo bench experiment clean
+.PHONY: all deps build release test demo bench experiment clean fuzz fuzz-build fuzz-seeds fuzz-regressions
 
 all: build
 
@@ -14,6 +14,9 @@ deps:
 	@if [ ! -f /usr/include/zlib.h ]; then \
 	  (apt-get update -qq && apt-get install -y -qq zlib1g-dev) || { echo "install zlib1g-dev (zlib headers)"; exit 1; }; fi
 	@$(PYTHON) -c "import numpy, pytest" 2>/dev/null || $(PYTHON) -m pip install -q numpy pytest
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$RTRACE_CHROMIUM" ] || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "warning: could not install chromium (rtrace report's browser test needs it: apt-get install chromium)"
 
 build: deps
 	$(SWIFT) build --product rtrace
@@ -23,7 +26,7 @@ release: deps
 
 test: deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build --disable-xctest
+	RTRACE_REQUIRE_BROWSER=1 $(SWIFT) test --skip-build --disable-xctest
 	RTRACE_BIN=$(BIN) PYTHONPATH=python $(PYTHON) -m pytest -q python/tests
 
 demo: build
@@ -46,5 +49,31 @@ bench: deps release
 experiment: deps
 	@if [ -f bench/replay/experiment.sh ]; then bash bench/replay/experiment.sh; else echo "replay-train is not built yet"; exit 1; fi
 
+# Fuzzing (issue 6): libFuzzer over the reader and `check`, in the nested package fuzz/ so the main
+# build never needs the fuzzer flags. `make fuzz FUZZ_SECONDS=1800` fuzzes for that long from a corpus
+# seeded with fuzz/seeds/, fuzz/regressions/ and samples/; crashes go to fuzz/artifacts/. Copy each new
+# crash into fuzz/regressions/ (FaultTests replays them). FUZZ_CONFIG=debug adds Swift's debug checks.
+FUZZ_SECONDS ?= 60
+FUZZ_CONFIG  ?= release
+FUZZ_BIN     := fuzz/.build/$(FUZZ_CONFIG)/FuzzReader
+FUZZ_ENV     := SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=malloc_context_size=0:quarantine_size_mb=16:max_malloc_fill_size=0
+
+fuzz-build: deps
+	$(SWIFT) build --package-path fuzz -c $(FUZZ_CONFIG) --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address --product FuzzReader
+
+fuzz-seeds: fuzz-build
+	RTRACE_FUZZ_SEEDS=fuzz/seeds $(FUZZ_ENV) $(FUZZ_BIN)
+
+fuzz: fuzz-build
+	mkdir -p fuzz/corpus fuzz/artifacts
+	cp fuzz/seeds/*.rtrace fuzz/regressions/* samples/*.rtrace fuzz/corpus/
+	for f in samples/*/*.rtrace; do head -c 8192 $$f > fuzz/corpus/head8k-$$(basename $$(dirname $$f))-$$(basename $$f); done
+	cd fuzz && $(FUZZ_ENV) ./.build/$(FUZZ_CONFIG)/FuzzReader corpus -dict=rtrace.dict -max_len=8192 \
+	  -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=20 -print_final_stats=1 -artifact_prefix=artifacts/
+
+# Replays every kept crash through the fuzz target (the Swift test FaultTests/fuzzRegressions does the same).
+fuzz-regressions: fuzz-build
+	$(FUZZ_ENV) $(FUZZ_BIN) fuzz/regressions/*
+
 clean:
-	rm -rf .build
+	rm -rf .build fuzz/.build

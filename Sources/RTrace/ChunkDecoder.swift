@@ -42,6 +42,7 @@ struct ChunkDecoder {
         }
         let L = header.model.moeLayers, k = header.model.topK, E = header.model.numExperts
         let R = ch.rowCount
+        try DecodeLimits.check(rows: R, header, limit: DecodeLimits.maxChunkDecodedBytes, "chunk", offset: 12)
         var byID: [UInt16: ColumnEntry] = [:]
         var unknown: [UInt16] = []
         for e in ch.columns {
@@ -158,6 +159,7 @@ struct ChunkDecoder {
                 if m.promptLength > m.tokenCount { throw bad("prompt_len \(m.promptLength) > n_tokens \(m.tokenCount)") }
                 if m.logprobCount > m.tokenCount { throw bad("n_logprobs \(m.logprobCount) > n_tokens \(m.tokenCount)") }
             }
+            try DecodeLimits.check(rows: m.rowCount, header, limit: DecodeLimits.maxRecordDecodedBytes, "record \(p.ordinal)", offset: re.offsetInFrame)
             if !header.columns.logprobs && m.logprobCount != 0 { throw bad("n_logprobs is \(m.logprobCount) but the trace has no logprobs column") }
             if p.last && p.rowCount != m.rowCount { throw bad("single piece holds \(p.rowCount) rows, record says \(m.rowCount)") }
             if !p.last && p.rowCount > m.rowCount { throw bad("piece holds \(p.rowCount) rows, record says \(m.rowCount)") }

@@ -65,6 +65,9 @@ public struct ChunkHeader: Sendable, Equatable {
             guard entry.rawLength <= maxColumnBytes, entry.storedLength <= maxColumnBytes else {
                 throw TraceError(.limit, "column \(columnName(id)) declares \(entry.rawLength) raw / \(entry.storedLength) stored bytes, limit 1 GiB", offset: e + 4)
             }
+            if entry.codec == 1 && entry.rawLength > DecodeLimits.maxDeflateRatio * entry.storedLength {
+                throw TraceError(.limit, "column \(columnName(id)) declares \(entry.rawLength) raw bytes from \(entry.storedLength) deflated bytes; deflate cannot expand more than 1032×", offset: e + 4)
+            }
             if entry.codec == 0 && entry.rawLength != entry.storedLength {
                 throw TraceError(.corrupt, "raw column \(columnName(id)) has raw_len \(entry.rawLength) ≠ stored_len \(entry.storedLength)", offset: e + 4)
             }
@@ -85,4 +88,30 @@ func hex32(_ v: UInt32) -> String {
 }
 func hexPreview<C: Collection<UInt8>>(_ b: C) -> String {
     b.map { let s = String($0, radix: 16); return s.count == 1 ? "0" + s : s }.joined(separator: " ")
+}
+
+/// The limits of spec/format.md §8 on what decoding may allocate, checked from declared sizes
+/// before any buffer is made, so a decompression bomb or an absurd count fails with a `limit` error.
+enum DecodeLimits {
+    /// Deflate emits at most 258 bytes per 2 bits of input: a stream of `stored_len` bytes cannot
+    /// inflate to more than 1032 × `stored_len` (zlib's "maximum compression ratio").
+    static let maxDeflateRatio = 1032
+    /// Decoded row data of one chunk (u16 ids, weights, logits): 1 GiB.
+    static let maxChunkDecodedBytes = 1 << 30
+    /// Decoded row data of one record, over all its pieces: 2 GiB.
+    static let maxRecordDecodedBytes = 1 << 31
+
+    /// Bytes one routed row takes once decoded: `top_k` u16 ids, weights and logits per MoE layer.
+    static func rowBytes(_ h: TraceHeader) -> Int {
+        let m = h.model
+        return m.moeLayers * (m.topK * (2 + (h.columns.topkWeights?.size ?? 0)) + m.numExperts * (h.columns.routerLogits?.size ?? 0))
+    }
+
+    /// Throws `limit` when `rows` rows decode to more than `limit` bytes.
+    static func check(rows: Int, _ h: TraceHeader, limit: Int, _ what: String, offset: Int?) throws(TraceError) {
+        let per = max(1, rowBytes(h))
+        if rows > limit / per {
+            throw TraceError(.limit, "\(what) has \(rows) rows of \(per) decoded bytes each, over the \(limit >> 30) GiB limit (spec §8)", offset: offset)
+        }
+    }
 }

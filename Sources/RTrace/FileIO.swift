@@ -80,9 +80,23 @@ public final class InputSource {
     public let size: Int?
     /// Bytes consumed by sequential reads.
     public private(set) var position: Int = 0
+    /// The bytes of an in-memory source (nil for a file or pipe).
+    private let memory: [UInt8]?
+
+    /// Reads `bytes` from memory, as a regular file (`seekable`) or as a pipe (sequential reads only).
+    ///
+    /// For tests and fuzzing: every path of the reader and checker runs as it does on a file or a pipe.
+    public init(bytes: [UInt8], name: String = "<memory>", seekable: Bool = true) {
+        self.name = name
+        self.fd = -1
+        self.owned = false
+        self.memory = bytes
+        self.size = seekable ? bytes.count : nil
+    }
 
     /// Opens `path` (`-` = standard input).
     public init(path: String) throws(TraceError) {
+        memory = nil
         name = path
         if path == "-" {
             fd = STDIN_FILENO
@@ -112,25 +126,51 @@ public final class InputSource {
 
     /// Reads up to `count` bytes sequentially; fewer only at end of input.
     public func read(upTo count: Int) throws(TraceError) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        var got = 0
-        let err: Int32 = out.withUnsafeMutableBytes { raw in
-            while got < count {
-                let n = Glibc.read(fd, raw.baseAddress! + got, count - got)
-                if n < 0 { if errno == EINTR { continue }; return errno }
-                if n == 0 { break }
-                got += n
-            }
-            return 0
+        if let memory {
+            let n = max(0, min(count, memory.count - position))
+            defer { position += n }
+            return Array(memory[position..<position + n])
         }
-        if err != 0 { throw TraceError(.io, "read failed: \(String(cString: strerror(err)))", file: name, offset: position + got) }
+        // The buffer grows with the data that arrives (doubling from 1 MiB), so a length declared by
+        // damaged input on a pipe cannot make us allocate more than the input really holds.
+        var out = [UInt8](repeating: 0, count: min(max(count, 0), InputSource.readStep))
+        var got = 0
+        var eof = false
+        while got < count && !eof {
+            if got == out.count { out.append(contentsOf: repeatElement(0, count: min(count - got, out.count))) }
+            let want = out.count
+            let start = got
+            let (n, err): (Int, Int32) = out.withUnsafeMutableBytes { raw in
+                var done = 0
+                while start + done < want {
+                    let r = Glibc.read(fd, raw.baseAddress! + start + done, want - start - done)
+                    if r < 0 { if errno == EINTR { continue }; return (done, errno) }
+                    if r == 0 { return (done, -1) }
+                    done += r
+                }
+                return (done, 0)
+            }
+            got += n
+            if err > 0 { throw TraceError(.io, "read failed: \(String(cString: strerror(err)))", file: name, offset: position + got) }
+            if err < 0 { eof = true }
+        }
         position += got
-        if got < count { out.removeSubrange(got...) }
+        if got < out.count { out.removeSubrange(got...) }
         return out
     }
 
+    /// The first buffer size of a sequential read.
+    static let readStep = 1 << 20
+
     /// Reads exactly `count` bytes at `offset` of a regular file; fewer only at end of file.
     public func read(at offset: Int, count: Int) throws(TraceError) -> [UInt8] {
+        if let memory {
+            precondition(isSeekable, "positioned read on a pipe")
+            let lo = min(max(0, offset), memory.count)
+            return Array(memory[lo..<min(memory.count, lo + max(0, count))])
+        }
+        // Never allocate past the end of the file, whatever length the caller was told.
+        let count = max(0, size.map { min(count, $0 - offset) } ?? count)
         var out = [UInt8](repeating: 0, count: count)
         var got = 0
         let err: Int32 = out.withUnsafeMutableBytes { raw in
@@ -150,7 +190,7 @@ public final class InputSource {
     /// Moves the sequential position of a regular file.
     public func seek(to offset: Int) {
         precondition(isSeekable)
-        lseek(fd, off_t(offset), SEEK_SET)
+        if memory == nil { lseek(fd, off_t(offset), SEEK_SET) }
         position = offset
     }
 }

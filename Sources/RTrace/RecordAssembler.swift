@@ -24,7 +24,7 @@ struct RecordAssembler {
             if p.first {
                 if let part = partial { throw bad("record \(part.ordinal) (\(part.meta.uid)) ends without its last piece") }
                 guard p.ordinal == expected else { throw bad("record ordinal \(p.ordinal), expected \(expected): a chunk is missing or out of order") }
-                expected += 1
+                expected &+= 1
                 partial = (d.meta!, p.ordinal, [d], p.rowCount)
             } else {
                 guard let part = partial, part.ordinal == p.ordinal else {

@@ -39,8 +39,12 @@ public enum TraceChecker {
     /// Damage never stops the scan on a regular file: after a bad chunk the checker looks for the
     /// next chunk whose header checksum holds. On a pipe the scan stops at the first damage.
     public static func check(path: String, salvage: String? = nil, maxIssues: Int = 1000) throws -> CheckReport {
+        try check(source: try InputSource(path: path), salvage: salvage, maxIssues: maxIssues)
+    }
+
+    /// Scans an opened source (a file, a pipe, or bytes in memory) as ``check(path:salvage:maxIssues:)`` does.
+    public static func check(source: InputSource, salvage: String? = nil, maxIssues: Int = 1000) throws -> CheckReport {
         var report = CheckReport()
-        let source = try InputSource(path: path)
         let header: TraceHeader, start: Int
         do { (header, start) = try TraceReader.readHeader(source) } catch {
             report.issues.append(CheckIssue(severity: .error, offset: error.offset, record: nil, message: error.message))
@@ -133,14 +137,15 @@ public enum TraceChecker {
                 if why.kind == .truncated { break }
                 if let next = try resync(from: pos + 1) { pos = next; continue } else { break }
             }
-            guard case .success(let ch) = parsed else { break }
+            guard case .success(let (ch, headerBytes)) = parsed else { break }
             if let size, pos + ch.frameLength > size {
                 issue(.error, pos, nil, "chunk needs \(ch.frameLength) bytes but the file ends \(size - pos) bytes after its start: truncated")
                 report.badChunks += 1
                 state.damage(log, at: pos)
                 break
             }
-            let frame = fixed + (try readAt(pos + 24, ch.frameLength - 24))
+            // parseChunkHeader read the whole header (a pipe cannot read it again): read the payload after it.
+            let frame = headerBytes + (try readAt(pos + ch.headerLength, ch.payloadLength))
             guard frame.count == ch.frameLength else {
                 issue(.error, pos, nil, "input ends inside a chunk: truncated")
                 report.badChunks += 1
@@ -179,7 +184,7 @@ public enum TraceChecker {
     /// Reads and parses a chunk header at `pos`, as a result so the scan can go on after damage.
     static func parseChunkHeader(
         _ fixed: [UInt8], at pos: Int, _ readAt: (Int, Int) throws -> [UInt8]
-    ) throws -> Result<ChunkHeader, TraceError> {
+    ) throws -> Result<(ChunkHeader, [UInt8]), TraceError> {
         if fixed.count < 24 { return .failure(TraceError(.truncated, "input ends inside a chunk header: truncated", offset: pos)) }
         let l: Int
         do { l = try ChunkHeader.headerLength(fixed: fixed[...]) } catch {
@@ -187,7 +192,7 @@ public enum TraceChecker {
         }
         let hb = fixed + (try readAt(pos + 24, l - 24))
         if hb.count < l { return .failure(TraceError(.truncated, "input ends inside a chunk header: truncated", offset: pos)) }
-        do { return .success(try ChunkHeader.parse(hb)) } catch {
+        do { return .success((try ChunkHeader.parse(hb), hb)) } catch {
             return .failure(TraceError(error.kind, "chunk header: \(error.message)", offset: pos + (error.offset ?? 0)))
         }
     }
@@ -249,7 +254,7 @@ public enum TraceChecker {
             if let p = partial {
                 issue(.error, at, p.meta.uid, "record \(p.ordinal) is lost: its remaining pieces are in a damaged or missing chunk")
                 log.lostRecords += 1
-                expected = p.ordinal + 1
+                expected = p.ordinal &+ 1
                 droppedOrdinal = p.ordinal
                 partial = nil
             }
@@ -267,19 +272,19 @@ public enum TraceChecker {
                     if !p.first {
                         if p.ordinal > expected {
                             issue(.error, off, nil, "records \(expected)…\(p.ordinal - 1) are lost with the damaged data")
-                            log.lostRecords += Int(p.ordinal - expected)
+                            log.lostRecords += min(Int(clamping: p.ordinal - expected), 1 << 48)
                         }
                         if p.ordinal != droppedOrdinal {
                             issue(.error, off, "\(p.ordinal)", "record \(p.ordinal) is lost: its first piece was in a damaged chunk")
                             log.lostRecords += 1
                             droppedOrdinal = p.ordinal
                         }
-                        expected = p.ordinal + 1
+                        expected = p.ordinal &+ 1
                         continue
                     }
                     if p.ordinal > expected {
                         issue(.error, off, nil, "records \(expected)…\(p.ordinal - 1) are lost with the damaged data")
-                        log.lostRecords += Int(p.ordinal - expected)
+                        log.lostRecords += min(Int(clamping: p.ordinal - expected), 1 << 48)
                     }
                     expected = p.ordinal
                     resyncing = false
@@ -291,7 +296,7 @@ public enum TraceChecker {
                     guard p.ordinal == expected else {
                         throw TraceError(.corrupt, "record ordinal \(p.ordinal), expected \(expected): a chunk is missing or out of order", offset: 0)
                     }
-                    expected += 1
+                    expected &+= 1
                     partial = (piece.meta!, p.ordinal, [piece], p.rowCount)
                 } else {
                     guard let part = partial, part.ordinal == p.ordinal, p.rowOffset == part.rows else {

@@ -39,6 +39,11 @@ public final class TraceReader {
         try self.init(source: s)
     }
 
+    /// Reads a trace held in memory, as a regular file (`seekable`) or as a pipe would deliver it.
+    public convenience init(bytes: [UInt8], name: String = "<memory>", seekable: Bool = true) throws(TraceError) {
+        try self.init(source: InputSource(bytes: bytes, name: name, seekable: seekable))
+    }
+
     /// Reads the header (and index, when seekable) from an opened source.
     public init(source: InputSource) throws(TraceError) {
         self.source = source
@@ -58,6 +63,9 @@ public final class TraceReader {
         let fixed = try s.read(upTo: 16)
         guard fixed.count >= 8, Array(fixed[0..<8]) == TraceFile.magic else {
             if fixed.isEmpty { throw TraceError(.truncated, "empty input: expected an rtrace header (20 bytes or more)", offset: base) }
+            if fixed.count < 8 && TraceFile.magic.starts(with: fixed) {
+                throw TraceError(.truncated, "input ends after \(fixed.count) bytes, inside the 8-byte magic", offset: base + fixed.count)
+            }
             throw TraceError(.notATrace, "not an rtrace file: \(sniff(fixed))", offset: base)
         }
         guard fixed.count == 16 else { throw TraceError(.truncated, "header ends after \(fixed.count) bytes, needs 16", offset: base + fixed.count) }
@@ -169,6 +177,7 @@ public final class TraceReader {
         }
         if magic == Array("RTIX".utf8) {
             let prefix = magic + (try source.read(upTo: 12))
+            guard prefix.count == 16 else { throw TraceError(.truncated, "input ends inside the index frame header", file: source.name, offset: at + prefix.count) }
             let n: Int
             do { n = try TraceIndex.bodyLength(prefix: prefix) } catch { throw error.shifted(by: at).inFile(source.name) }
             let rest = try source.read(upTo: n + 4)

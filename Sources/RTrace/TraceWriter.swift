@@ -55,6 +55,8 @@ public final class TraceWriter {
         let m = header.model
         rowBytes = max(1, m.moeLayers * m.topK * (1 + (header.columns.topkWeights?.size ?? 0))
             + m.moeLayers * m.numExperts * (header.columns.routerLogits?.size ?? 0))
+        // One row must fit a chunk within the readers' decoded-size limit (spec/format.md §8).
+        try DecodeLimits.check(rows: 1, header, limit: DecodeLimits.maxChunkDecodedBytes, "a chunk of this geometry", offset: nil)
         let json = header.jsonBytes()
         var h = ByteWriter(capacity: json.count + 20)
         h.append(TraceFile.magic)
@@ -78,9 +80,12 @@ public final class TraceWriter {
     public func append(_ record: TraceRecord) throws(TraceError) {
         precondition(!closed, "append after close")
         try record.validateShape(header)
+        try DecodeLimits.check(rows: record.rowCount, header, limit: DecodeLimits.maxRecordDecodedBytes, "record \(record.uid)", offset: nil)
         let ordinal = nextOrdinal
         nextOrdinal += 1
-        let budget = max(options.chunkBytes, rowBytes)
+        // Decoded, a row takes at most twice `rowBytes` (ids widen to u16): half the readers' decoded
+        // limit per chunk keeps every chunk readable (spec/format.md §8).
+        let budget = min(max(options.chunkBytes, rowBytes), DecodeLimits.maxChunkDecodedBytes / 2)
         var extra = (record.tokens.count + record.logprobs.count) * 4 + record.uid.utf8.count + 64
         var offset = 0
         repeat {
