@@ -235,23 +235,11 @@ public final class TraceReader {
 
     /// Decodes frames concurrently; the first error (in file order) is thrown.
     func decodeBatch(_ batch: [(Int, [UInt8])]) throws(TraceError) -> [DecodedChunk] {
-        let dec = ChunkDecoder(header: header)
-        let slots = SendableBuffer<Result<DecodedChunk, TraceError>?>(count: batch.count, initial: nil)
-        defer { slots.free() }
-        let results = slots.buffer
-        let run: @Sendable (Int) -> Void = { i in
-            let results = slots.buffer
-            do { results[i] = .success(try dec.decode(frame: batch[i].1)) } catch { results[i] = .failure(error as! TraceError) }
-        }
-        if batch.count > 1 && threads > 1 {
-            DispatchQueue.concurrentPerform(iterations: batch.count) { run($0) }
-        } else {
-            for i in 0..<batch.count { run(i) }
-        }
+        let results = ChunkDecoder(header: header).decodeConcurrently(batch.map(\.1), threads: threads)
         var out: [DecodedChunk] = []
         out.reserveCapacity(batch.count)
-        for i in 0..<batch.count {
-            switch results[i]! {
+        for (i, r) in results.enumerated() {
+            switch r {
             case .success(let d): out.append(d)
             case .failure(let e): throw e.shifted(by: batch[i].0).inFile(source.name)
             }
