@@ -326,7 +326,8 @@ public struct TraceSummary: Sendable {
 
 extension TraceReader {
     /// Counts (from the index when complete, else from one decoding pass, which also works on a pipe)
-    /// and every chunk header.
+    /// and every chunk header. A truncated input is summarised up to its last complete chunk, with
+    /// ``incompleteReason`` saying where it ends; other damage throws.
     public func summary() throws -> TraceSummary {
         var s = TraceSummary()
         if let ix = index {
@@ -334,12 +335,17 @@ extension TraceReader {
             s.sequences = ix.records.count; s.rows = ix.totalRows; s.tokens = ix.totalTokens
             return s
         }
-        try forEachChunk { off, d in
-            s.chunks.append((off, d.header))
-            for p in d.pieces {
-                s.rows += p.piece.rowCount
-                if let m = p.meta { s.sequences += 1; s.tokens += m.tokenCount }
+        do {
+            try forEachChunk { off, d in
+                s.chunks.append((off, d.header))
+                for p in d.pieces {
+                    s.rows += p.piece.rowCount
+                    if let m = p.meta { s.sequences += 1; s.tokens += m.tokenCount }
+                }
             }
+        } catch let e as TraceError where e.kind == .truncated {
+            // A truncated or unfinished file: report what its complete chunks hold.
+            incompleteReason = e.description
         }
         return s
     }

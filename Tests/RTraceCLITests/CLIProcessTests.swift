@@ -138,6 +138,50 @@ struct CLIProcessTests {
         }
     }
 
+    @Test("info on a truncated file shows what its complete chunks hold and where it ends")
+    func infoTruncated() throws {
+        let src = try Data(contentsOf: URL(fileURLWithPath: "\(repoRoot)/samples/synthetic-E300-dense.rtrace"))
+        let cut = tempFile("info-cut.rtrace")
+        try src.prefix(src.count * 2 / 3).write(to: URL(fileURLWithPath: cut))
+        let r = try shell("$RT info --json \(cut)")
+        #expect(r.status == 0, "\(r.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: r.stdout) as? [String: Any])
+        #expect(json["complete"] as? Bool == false)
+        let why = try #require(json["incomplete_reason"] as? String)
+        #expect(why.contains("offset"), "\(why)")
+        let chunks = try #require(json["chunks"] as? Int)
+        #expect(chunks > 0 && chunks < 8)  // the sample has 8 chunks; only complete ones are counted
+        let text = try shell("$RT info \(cut)")
+        #expect(text.text.contains("INCOMPLETE"))
+    }
+
+    @Test("import --from sglang reads JSON lines from a pipe; a bad line is named")
+    func importSGLangPipe() throws {
+        // Two responses of 3 tokens (2 rows) for a 2-layer, top-2 model, ids base64 int32.
+        func b64(_ v: [Int32]) -> String { Data(v.flatMap { x in (0..<4).map { UInt8(truncatingIfNeeded: x >> (8 * $0)) } }).base64EncodedString() }
+        let lines = [
+            #"{"input_ids":[1,2],"output_ids":[3],"meta_info":{"id":"a","routed_experts":"\#(b64([0, 1, 2, 3, 1, 0, 3, 2]))"}}"#,
+            #"{"input_ids":[1],"output_ids":[5,6],"meta_info":{"id":"b","routed_experts":"\#(b64([4, 5, 6, 7, 5, 4, 7, 6]))"}}"#,
+        ]
+        let input = tempFile("sg.jsonl")
+        try (lines.joined(separator: "\n") + "\n").write(toFile: input, atomically: true, encoding: .utf8)
+        let r = try shell("cat \(input) | $RT import --from sglang - --num-layers 2 --num-experts 8 --top-k 2 -o - | $RT view - --format jsonl")
+        #expect(r.status == 0, "\(r.stderr)")
+        let recs = r.text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(recs.map { $0["uid"] as? String } == ["a", "b"])
+        #expect(recs[1]["prompt_len"] as? Int == 1)
+        #expect(recs[1]["topk_ids"] as? [[[Int]]] == [[[4, 5], [6, 7]], [[5, 4], [7, 6]]])
+
+        let bad = tempFile("sg-bad.jsonl")
+        try (lines[0] + "\n{not json\n").write(toFile: bad, atomically: true, encoding: .utf8)
+        let e = try shell("$RT import --from sglang \(bad) --num-layers 2 --num-experts 8 --top-k 2 -o /dev/null")
+        #expect(e.status == 1)
+        #expect(e.stderr.contains("sg-bad.jsonl") && e.stderr.contains("line 2"), "\(e.stderr)")
+        let noGeometry = try shell("$RT import --from sglang \(input) -o /dev/null")
+        #expect(noGeometry.status == 64)
+        #expect(noGeometry.stderr.contains("--num-experts"))
+    }
+
     @Test("errors name the file; bad arguments exit 64")
     func errors() throws {
         let missing = try shell("$RT info /nonexistent/x.rtrace")
