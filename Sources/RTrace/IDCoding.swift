@@ -122,7 +122,7 @@ extension IDCoding {
         slots: [UInt8], fresh: [UInt8], width: IDWidth, missing: [UInt8]?, pieces: inout [DecodedPiece],
         layers L: Int, topK k: Int, chunkRows R: Int, starts: LayerStarts
     ) -> String? {
-        let w = width.size, wide = w == 2
+        let w = width.size, wide = w == 2, shift = wide ? 1 : 0
         precondition(slots.count == starts.presentBefore[L] * k && fresh.count == starts.newBefore[L] * w + 2)
         var slotAt = (0..<L).map { starts.presentBefore[$0] * k }, freshAt = (0..<L).map { starts.newBefore[$0] * w }
         var prev = [Int](repeating: -1, count: L)
@@ -136,10 +136,21 @@ extension IDCoding {
                             prev.withUnsafeMutableBufferPointer { prev in
                                 pieces[i].ids.withUnsafeMutableBufferPointer { ids -> String? in
                                     for l in 0..<L { prev[l] = -1 }
-                                    var b = 0
-                                    for r in 0..<n {
-                                        for l in 0..<L {
-                                            defer { b += k }
+                                    // Blocks of 32 rows × groups of 8 layers: each layer's codes are
+                                    // read in short sequential runs, the block's output stays in L1,
+                                    // and consecutive steps belong to different layers, so the
+                                    // row-to-row dependency of reused ids does not serialise the loop.
+                                    var blockStart = 0
+                                    while blockStart < n {
+                                    let blockEnd = min(n, blockStart &+ 32)
+                                    defer { blockStart = blockEnd }
+                                    var groupStart = 0
+                                    while groupStart < L {
+                                    let groupEnd = min(L, groupStart &+ 8)
+                                    defer { groupStart = groupEnd }
+                                    for r in blockStart..<blockEnd {
+                                        for l in groupStart..<groupEnd {
+                                            let b = (r &* L &+ l) &* k
                                             if let missing {
                                                 let bit = l * R + r0 + r
                                                 if missing[bit >> 3] & (1 << UInt8(bit & 7)) != 0 { continue }
@@ -150,17 +161,21 @@ extension IDCoding {
                                                 // Branch-free: new and reused ids are about equally common.
                                                 // Integer arithmetic instead of conditions, so that the
                                                 // compiler emits no branch on the unpredictable codes.
-                                                var bad = 0
+                                                // The ID_NEW position of slot j is f plus the new codes
+                                                // before it: no chain of dependent loads through f.
+                                                var bad = 0, count = 0
                                                 for j in 0..<k {
                                                     let m = Int(sp[s &+ j])
                                                     let isNew = (m &+ 1) >> 8  // 1 for the new marker 0xFF, else 0
                                                     let select = UInt16(truncatingIfNeeded: 0 &- isNew)
                                                     let reused = ids[p &+ min(m, k &- 1)]
-                                                    let fresh = wide ? UInt16(fp[f]) | UInt16(fp[f &+ 1]) << 8 : UInt16(fp[f])
+                                                    let q = f &+ (count << shift)
+                                                    let fresh = wide ? UInt16(fp[q]) | UInt16(fp[q &+ 1]) << 8 : UInt16(fp[q])
                                                     ids[b &+ j] = (fresh & select) | (reused & ~select)
-                                                    f &+= isNew &* w
+                                                    count &+= isNew
                                                     bad |= ((k &- 1 &- m) >> 63) & (1 &- isNew)  // a reuse code ≥ top_k
                                                 }
+                                                f &+= count << shift
                                                 s &+= k
                                                 if bad != 0 {
                                                     let m = (0..<k).map { sp[s - k + $0] }.first { $0 != newMarker && Int($0) >= k }!
@@ -181,6 +196,8 @@ extension IDCoding {
                                             freshAt[l] = f
                                             prev[l] = b
                                         }
+                                    }
+                                    }
                                     }
                                     return nil
                                 }
