@@ -58,6 +58,16 @@ let package = Package(
             dependencies: ["RTraceTrain"]
         ),
 
+        // HTML/SVG rendering of diff, stats and replay-train results (rtrace report): values in, text out.
+        .target(
+            name: "RTraceReport",
+            dependencies: ["RTrace", "RTraceAnalysis"]
+        ),
+        .testTarget(
+            name: "RTraceReportTests",
+            dependencies: ["RTraceReport", "RTrace", "RTraceAnalysis", "RTraceCLI"]
+        ),
+
         // The subcommands (ParsableCommand types), testable without a process.
         .target(
             name: "RTraceCLI",
@@ -65,6 +75,7 @@ let package = Package(
                 "RTrace",
                 "RTraceAnalysis",
                 "RTraceTrain",
+                "RTraceReport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -13,6 +13,12 @@ struct ReplayTrain: ParsableCommand {
             its old-policy pass. r3: every training forward replays the routing the rollout engine recorded, read \
             back from the rollout trace. Writes DIR/metrics.jsonl, DIR/traces/step-NNNN.{rollout,train}.rtrace and \
             DIR/checkpoint.safetensors.
+
+            With --rollout-trace FILE --checkpoint CKPT it runs one step on a rollout batch recorded elsewhere: the \
+            sequences, prompt lengths, logprobs, rewards, groups and routing come from FILE, the weights and geometry \
+            from CKPT (a checkpoint.safetensors this command wrote); a trace whose num_layers, num_experts, top_k or \
+            vocab differ from the checkpoint's, or whose temperature attribute differs from --temperature, is refused. \
+            Model-shape flags are then ignored.
             """
     )
 
@@ -36,6 +42,12 @@ struct ReplayTrain: ParsableCommand {
     @Option(name: .customLong("lb-coef"), help: "Switch load-balancing loss coefficient.") var lbCoef: Double = 0.01
     @Option(help: "Digits to reverse.") var digits: Int = 3
     @Flag(name: .customLong("no-train-trace"), help: "Do not write the per-step train traces.") var noTrainTrace = false
+    @Option(name: .customLong("rollout-trace"), help: ArgumentHelp("Run one step on this recorded rollout trace (needs --checkpoint).", valueName: "file"))
+    var rolloutTrace: String?
+    @Option(help: ArgumentHelp("Start from this checkpoint.safetensors (geometry and weights).", valueName: "ckpt"))
+    var checkpoint: String?
+    @Option(name: .customLong("overhead-bench"), help: ArgumentHelp("Instead of training, time step 0 under none and r3 this many times each, back to back in this process, and print the replay overhead.", valueName: "reps"))
+    var overheadBench: Int?
 
     func validate() throws {
         guard ReplayMode(rawValue: mode) != nil else { throw ValidationError("--mode must be none, r2 or r3") }
@@ -45,6 +57,7 @@ struct ReplayTrain: ParsableCommand {
             throw ValidationError("counts must be positive")
         }
         guard temperature > 0 else { throw ValidationError("--temperature must be > 0") }
+        if rolloutTrace != nil && checkpoint == nil { throw ValidationError("--rollout-trace needs --checkpoint (the weights the step updates)") }
     }
 
     func run() throws {
@@ -55,13 +68,41 @@ struct ReplayTrain: ParsableCommand {
         c.minibatches = minibatches; c.temperature = temperature; c.clip = clip; c.tis = tis; c.lbCoef = lbCoef
         c.digits = digits; c.writeTrainTrace = !noTrainTrace
         let tty = isatty(2) != 0
-        let trainer = Trainer(c)
-        try trainer.run { m in
-            if tty {
-                let line = String(format: "step %d/%d reward %.3f k3 %.2e flip %.3f/%.3f %.2fs\n", m.step + 1, c.steps, m.reward, m.k3,
-                                  m.flipRateNatural, m.flipRateApplied, m.timeRollout + m.timeTrain + m.timeReplay)
-                FileHandle.standardError.write(Data(line.utf8))
+        try runReportingErrors {
+            if let reps = overheadBench {
+                let r = try measureReplayOverhead(c, reps: max(1, reps)) { i in if tty { note("pair \(i)/\(reps)") } }
+                print(r.markdown, terminator: "")
+                return
             }
+            guard let ck = checkpoint else { return try train(Trainer(c), tty: tty) }
+            let trainer = Trainer(c, model: try loadCheckpoint(path: ck))
+            guard let tr = rolloutTrace else {
+                guard trainer.model.cfg.vocab == Task.vocab else {
+                    throw TraceError(.geometryMismatch, "vocab is \(trainer.model.cfg.vocab), the digit-reversal task needs \(Task.vocab)", file: ck)
+                }
+                return try train(trainer, tty: tty)
+            }
+            let m = try trainer.run(rolloutTrace: tr)
+            if tty { note("one step on \(tr) (trace step \(m.step)): " + Self.line(m)) }
+        }
+    }
+
+    static func line(_ m: StepMetrics) -> String {
+        String(format: "reward %.3f k3 %.2e flip %.3f/%.3f %.2fs", m.reward, m.k3,
+               m.flipRateNatural, m.flipRateApplied, m.timeRollout + m.timeTrain + m.timeReplay)
+    }
+
+    /// Runs every step; on a terminal, a progress bar on stderr that is redrawn in place.
+    func train(_ trainer: Trainer, tty: Bool) throws {
+        let n = trainer.cfg.steps
+        var done = 0
+        try trainer.run { m in
+            done += 1
+            guard tty else { return }
+            let w = 24, f = n > 0 ? done * w / n : w
+            let bar = String(repeating: "#", count: f) + String(repeating: ".", count: w - f)
+            let s = "\r\u{1B}[K[\(bar)] step \(done)/\(n) " + Self.line(m) + (done == n ? "\n" : "")
+            FileHandle.standardError.write(Data(s.utf8))
         }
     }
 }

@@ -62,6 +62,8 @@ public struct StepMetrics: Sendable, Equatable {
     public var timeRollout = 0.0
     public var timeTrain = 0.0
     public var timeReplay = 0.0
+    /// Writing the rollout trace (part of `timeRollout`).
+    public var timeTraceWrite = 0.0
 
     static func num(_ x: Double) -> String { x.isFinite ? "\(x)" : "null" }
 
@@ -73,7 +75,8 @@ public struct StepMetrics: Sendable, Equatable {
             ("flip_rate_applied", Self.num(flipRateApplied)), ("grad_norm", Self.num(gradNorm)), ("entropy", Self.num(entropy)),
         ]
         if timing {
-            kv += [("time_rollout_s", Self.num(timeRollout)), ("time_train_s", Self.num(timeTrain)), ("time_replay_s", Self.num(timeReplay))]
+            kv += [("time_rollout_s", Self.num(timeRollout)), ("time_train_s", Self.num(timeTrain)), ("time_replay_s", Self.num(timeReplay)),
+                   ("time_trace_write_s", Self.num(timeTraceWrite))]
         }
         return "{" + kv.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
     }
@@ -162,11 +165,19 @@ public final class Trainer {
     /// The replay ids used in the last step's updates (r2/r3), per sample.
     public private(set) var lastReplay: [[UInt16]] = []
 
-    public init(_ cfg: TrainConfig) {
-        self.cfg = cfg
+    public convenience init(_ cfg: TrainConfig) {
         var c = cfg.model
         c.vocab = Task.vocab
-        model = Model(cfg: c, seed: cfg.seed &+ 17)
+        self.init(cfg, model: Model(cfg: c, seed: cfg.seed &+ 17))
+    }
+
+    /// A trainer starting from given weights (a loaded checkpoint); `cfg.model` is replaced by the model's geometry.
+    /// Adam's moments start at zero.
+    public init(_ cfg: TrainConfig, model: Model<Float>) {
+        var c = cfg
+        c.model = model.cfg
+        self.cfg = c
+        self.model = model
         m = Buf(count: model.layout.total); v = Buf(count: model.layout.total); grad = Buf(count: model.layout.total)
         rng = RNG(cfg.seed)
     }
@@ -184,7 +195,7 @@ public final class Trainer {
     }
 
     /// Samples the rollout batch and writes its trace.
-    func rollout(step s: Int) throws -> [Sample] {
+    func rollout(step s: Int) throws -> (samples: [Sample], writeTime: Double) {
         let eng = RolloutEngine(model: model)
         var samples: [Sample] = []
         let n = cfg.digits
@@ -201,7 +212,9 @@ public final class Trainer {
         }
         let h = TraceHeader(engine: EngineInfo(name: "rtrace-toy-rollout", version: "1", role: .rollout), model: geometry,
                             columns: ColumnTypes(topkWeights: .f32, routerLogits: .f32, logprobs: true), policyVersion: Trainer.policyVersion(s),
-                            attributes: ["step": "\(s)", "numerics": "bf16 activations and weights, reversed summation, kv cache"])
+                            attributes: ["step": "\(s)", "numerics": "bf16 activations and weights, reversed summation, kv cache",
+                                         "vocab": "\(model.cfg.vocab)", "temperature": "\(cfg.temperature)"])
+        let tw = Date()
         let w = try TraceWriter(path: path("rollout", s), header: h)
         for x in samples {
             try w.append(TraceRecord(uid: x.uid, group: x.group, tokens: x.tokens.map { Int32($0) }, promptLength: x.promptLength,
@@ -210,7 +223,7 @@ public final class Trainer {
                                      logits: FloatArray(dtype: .f32, values: x.routerLogits), logprobs: x.logprobs, reward: x.reward))
         }
         try w.close()
-        return samples
+        return (samples, Date().timeIntervalSince(tw))
     }
 
     /// Reads the rollout routing back from the trace on disk, by uid.
@@ -234,10 +247,10 @@ public final class Trainer {
         met.step = s
         try FileManager.default.createDirectory(atPath: cfg.out + "/traces", withIntermediateDirectories: true)
         let t0 = Date()
-        let samples = try rollout(step: s)
+        let (samples, tw) = try rollout(step: s)
         met.timeRollout = Date().timeIntervalSince(t0)
+        met.timeTraceWrite = tw
         let K = model.cfg.topK, L = model.cfg.layers
-        let nResp = cfg.digits
 
         // Replay source.
         var replay: [[UInt16]?] = Array(repeating: nil, count: samples.count)
@@ -252,7 +265,101 @@ public final class Trainer {
             }
             met.timeReplay = Date().timeIntervalSince(t1)
         }
+        try update(samples: samples, replay: replay, met: &met)
+        step += 1
+        return met
+    }
 
+    /// One GRPO step on a rollout batch recorded elsewhere: its sequences, logprobs, rewards and
+    /// routing are read from the rollout trace at `path` (under r3 its routing is replayed).
+    /// Refuses a trace whose geometry or vocabulary does not match the model.
+    @discardableResult
+    public func runStep(rolloutTrace path: String) throws -> StepMetrics {
+        var met = StepMetrics()
+        try FileManager.default.createDirectory(atPath: cfg.out + "/traces", withIntermediateDirectories: true)
+        let t0 = Date()
+        let (samples, s) = try Trainer.loadRolloutTrace(path: path, model: model.cfg, temperature: cfg.temperature)
+        met.timeRollout = Date().timeIntervalSince(t0)
+        step = s
+        met.step = s
+        let replay: [[UInt16]?] = cfg.mode == .r3 ? samples.map { Optional($0.ids) } : Array(repeating: nil, count: samples.count)
+        try update(samples: samples, replay: replay, met: &met)
+        step += 1
+        return met
+    }
+
+    /// Reads a rollout batch from a trace, checking it against the model geometry `c`.
+    /// Returns the samples (in file order) and the trace's step (attribute `step`, else policy version, else 0).
+    /// A `temperature` attribute in the trace must equal `temperature` when that is given.
+    public static func loadRolloutTrace(path: String, model c: ModelConfig, temperature: Double? = nil) throws -> ([Sample], Int) {
+        func bad(_ m: String) -> TraceError { TraceError(.geometryMismatch, m, file: path) }
+        let r = try TraceReader(path: path)
+        let g = r.header.model
+        if g.numLayers != c.layers { throw bad("model.num_layers is \(g.numLayers), the checkpoint has \(c.layers) layers") }
+        if g.layerMap != Array(0..<c.layers) { throw bad("model.layer_map is \(g.layerMap), the checkpoint's \(c.layers) layers are all MoE") }
+        if g.numExperts != c.experts { throw bad("model.num_experts is \(g.numExperts), the checkpoint has \(c.experts) experts") }
+        if g.topK != c.topK { throw bad("model.top_k is \(g.topK), the checkpoint has top_k \(c.topK)") }
+        if let v = r.header.attributes["vocab"], Int(v) != c.vocab {
+            throw bad("attributes.vocab is \(v), the checkpoint has vocab \(c.vocab)")
+        }
+        if let temperature, let v = r.header.attributes["temperature"], let tv = Double(v), tv != temperature {
+            throw TraceError(.invalidInput, "attributes.temperature is \(v), the step samples at --temperature \(temperature): "
+                             + "its logprob ratios against the trace would be wrong", file: path)
+        }
+        var samples: [Sample] = []
+        let L = c.layers, K = c.topK
+        try r.forEachRecord { rec in
+            func inv(_ m: String) -> TraceError { TraceError(.invalidInput, "record \(rec.uid): \(m)", file: path) }
+            let n = rec.tokens.count
+            guard n >= 2, rec.promptLength >= 1, rec.promptLength < n else {
+                throw inv("needs a prompt and a response (\(n) tokens, prompt length \(rec.promptLength))")
+            }
+            if let t = rec.tokens.first(where: { $0 < 0 || Int($0) >= c.vocab }) {
+                throw TraceError(.geometryMismatch, "record \(rec.uid): token id \(t) is outside the checkpoint's vocab of \(c.vocab)", file: path)
+            }
+            guard rec.start == 0, rec.rowCount == n - 1 else {
+                throw inv("routing covers rows \(rec.start)..<\(rec.start + rec.rowCount), replay needs every row 0..<\(n - 1)")
+            }
+            guard rec.expertIDs.count == (n - 1) * L * K, rec.expertIDs.allSatisfy({ Int($0) < c.experts }) else {
+                throw inv("routing has missing or out-of-range expert ids")
+            }
+            guard rec.logprobs.count == n - rec.promptLength else {
+                throw inv("has \(rec.logprobs.count) logprobs, expected one per response token (\(n - rec.promptLength))")
+            }
+            guard let rw = rec.reward, rw.isFinite else { throw inv("has no reward") }
+            samples.append(Sample(uid: rec.uid, group: rec.group ?? rec.uid, tokens: rec.tokens.map { Int($0) }, promptLength: rec.promptLength,
+                                  digits: [], logprobs: rec.logprobs, ids: rec.expertIDs, gates: rec.weights?.floats ?? [],
+                                  routerLogits: rec.logits?.floats ?? [], reward: rw))
+        }
+        if samples.isEmpty { throw TraceError(.invalidInput, "the rollout trace holds no sequences", file: path) }
+        let s = r.header.attributes["step"].flatMap { Int($0) } ?? r.header.policyVersion ?? 0
+        return (samples, s)
+    }
+
+    /// Group-normalised advantages: (r − mean) / (std + 1e-6) within each group, groups in order of first appearance.
+    static func advantages(_ samples: [Sample]) -> [Double] {
+        var order: [String] = []
+        var members: [String: [Int]] = [:]
+        for (i, x) in samples.enumerated() {
+            if members[x.group] == nil { order.append(x.group) }
+            members[x.group, default: []].append(i)
+        }
+        var adv = [Double](repeating: 0, count: samples.count)
+        for g in order {
+            let ix = members[g]!
+            let rs = ix.map { samples[$0].reward }
+            let mean = rs.reduce(0, +) / Double(rs.count)
+            let sd = (rs.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(rs.count)).squareRoot()
+            for (j, i) in ix.enumerated() { adv[i] = (rs[j] - mean) / (sd + 1e-6) }
+        }
+        return adv
+    }
+
+    /// Old-policy pass, train trace, advantages and mini-batch updates on a rollout batch.
+    func update(samples: [Sample], replay replayIn: [[UInt16]?], met: inout StepMetrics) throws {
+        let s = step
+        let K = model.cfg.topK, L = model.cfg.layers
+        var replay = replayIn
         let t2 = Date()
         // Old-policy pass with the training engine.
         var oldLogp: [[Float]] = []
@@ -261,6 +368,7 @@ public final class Trainer {
         var natF = 0, appF = 0, nRL = 0
         var trainRecords: [TraceRecord] = []
         for (i, x) in samples.enumerated() {
+            let nResp = x.logprobs.count
             let f = model.forward(tokens: x.tokens, override: replay[i], temperature: cfg.temperature, keep: false)
             let resp = Array(f.logp.suffix(nResp))
             oldLogp.append(resp)
@@ -286,7 +394,7 @@ public final class Trainer {
         if cfg.writeTrainTrace {
             let h = TraceHeader(engine: EngineInfo(name: "rtrace-toy-train", version: "1", role: .train), model: geometry,
                                 columns: ColumnTypes(topkWeights: .f32, routerLogits: .f32, logprobs: true), policyVersion: Trainer.policyVersion(s),
-                                attributes: ["step": "\(s)", "mode": cfg.mode.rawValue, "pass": "old-policy"])
+                                attributes: ["step": "\(s)", "mode": cfg.mode.rawValue, "pass": "old-policy", "vocab": "\(model.cfg.vocab)"])
             let w = try TraceWriter(path: path("train", s), header: h)
             for r in trainRecords { try w.append(r) }
             try w.close()
@@ -299,14 +407,7 @@ public final class Trainer {
         lastRollout = samples.map(\.ids); lastOldApplied = oldApplied; lastReplay = replay.map { $0 ?? [] }
         lastUpdateApplied = Array(repeating: [], count: samples.count)
 
-        // Group-normalised advantages.
-        var adv = [Double](repeating: 0, count: samples.count)
-        for g in stride(from: 0, to: samples.count, by: cfg.groupSize) {
-            let rs = samples[g..<(g + cfg.groupSize)].map(\.reward)
-            let mean = rs.reduce(0, +) / Double(rs.count)
-            let sd = (rs.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(rs.count)).squareRoot()
-            for j in 0..<cfg.groupSize { adv[g + j] = (rs[j] - mean) / (sd + 1e-6) }
-        }
+        let adv = Trainer.advantages(samples)
 
         // Mini-batch updates over a shuffled order.
         var order = Array(0..<samples.count)
@@ -317,9 +418,10 @@ public final class Trainer {
             let idx = order.enumerated().filter { $0.offset % mb == b }.map(\.element)
             if idx.isEmpty { continue }
             grad.zero()
-            let nTok = Float(idx.count * nResp)
+            let nTok = Float(idx.reduce(0) { $0 + samples[$1].logprobs.count })
             for i in idx {
                 let x = samples[i]
+                let nResp = x.logprobs.count
                 let f = model.forward(tokens: x.tokens, override: replay[i], temperature: cfg.temperature, keep: true)
                 lastUpdateApplied[i] = f.ids
                 var dlogp = [Float](repeating: 0, count: f.logp.count)
@@ -349,8 +451,6 @@ public final class Trainer {
         }
         met.gradNorm = gnSum / Double(mb)
         met.timeTrain = Date().timeIntervalSince(t2)
-        step += 1
-        return met
     }
 
     func adam(scale: Float) {
@@ -384,11 +484,26 @@ public final class Trainer {
         try saveCheckpoint(model: model, path: cfg.out + "/checkpoint.safetensors")
         return all
     }
+
+    /// One step on the rollout trace at `path` (see ``runStep(rolloutTrace:)``), writing metrics.jsonl,
+    /// traces/step-NNNN.train.rtrace and checkpoint.safetensors under `cfg.out`.
+    @discardableResult
+    public func run(rolloutTrace path: String) throws -> StepMetrics {
+        try FileManager.default.createDirectory(atPath: cfg.out + "/traces", withIntermediateDirectories: true)
+        let met = try runStep(rolloutTrace: path)
+        try Data((met.json() + "\n").utf8).write(to: URL(fileURLWithPath: cfg.out + "/metrics.jsonl"))
+        try saveCheckpoint(model: model, path: cfg.out + "/checkpoint.safetensors")
+        return met
+    }
 }
 
 /// Writes the model's tensors as safetensors: u64 LE header length, JSON header, raw f32 LE data.
+/// The geometry goes in `__metadata__` (string values: vocab, width, heads, layers, experts, top_k, hidden).
 public func saveCheckpoint(model: Model<Float>, path: String) throws {
-    var entries: [String] = []
+    let c = model.cfg
+    let meta = [("vocab", c.vocab), ("width", c.width), ("heads", c.heads), ("layers", c.layers), ("experts", c.experts),
+                ("top_k", c.topK), ("hidden", c.hidden)].map { "\"\($0.0)\":\"\($0.1)\"" }.joined(separator: ",")
+    var entries: [String] = ["\"__metadata__\":{\(meta)}"]
     var off = 0
     for t in model.layout.tensors {
         let n = t.count * 4
@@ -409,4 +524,48 @@ public func saveCheckpoint(model: Model<Float>, path: String) throws {
         }
     }
     try Data(bytes).write(to: URL(fileURLWithPath: path))
+}
+
+/// Reads a checkpoint written by ``saveCheckpoint(model:path:)``: geometry from `__metadata__`, every
+/// tensor of that geometry's layout as F32 with the expected shape.
+public func loadCheckpoint(path: String) throws -> Model<Float> {
+    func bad(_ m: String) -> TraceError { TraceError(.invalidInput, m, file: path) }
+    let d: Data
+    do { d = try Data(contentsOf: URL(fileURLWithPath: path)) } catch { throw TraceError(.io, "cannot read: \(error.localizedDescription)", file: path) }
+    let bytes = [UInt8](d)
+    guard bytes.count >= 8 else { throw bad("not a safetensors file (shorter than 8 bytes)") }
+    var n = 0
+    for i in 0..<8 { n |= Int(bytes[i]) << (8 * i) }
+    guard n > 0, n <= bytes.count - 8 else { throw bad("safetensors header length \(n) exceeds the file") }
+    guard let obj = (try? JSONSerialization.jsonObject(with: Data(bytes[8..<(8 + n)]))) as? [String: Any] else {
+        throw bad("safetensors header is not a JSON object")
+    }
+    guard let meta = obj["__metadata__"] as? [String: String] else { throw bad("__metadata__ is missing (the model geometry)") }
+    func field(_ k: String) throws -> Int {
+        guard let s = meta[k], let v = Int(s), v >= 1 else { throw bad("__metadata__.\(k) is missing or not a positive integer") }
+        return v
+    }
+    let width = try field("width"), heads = try field("heads"), experts = try field("experts"), topK = try field("top_k")
+    guard width % heads == 0, (width / heads) % 2 == 0 else { throw bad("__metadata__: width \(width) / heads \(heads) must be even") }
+    guard topK <= experts else { throw bad("__metadata__.top_k \(topK) exceeds experts \(experts)") }
+    let cfg = ModelConfig(vocab: try field("vocab"), width: width, heads: heads, layers: try field("layers"), experts: experts,
+                          topK: topK, hidden: try field("hidden"))
+    let layout = ParamLayout(cfg)
+    let params = Buf<Float>(count: layout.total)
+    let base = 8 + n
+    for t in layout.tensors {
+        guard let e = obj[t.name] as? [String: Any] else { throw bad("tensor \(t.name) is missing") }
+        guard e["dtype"] as? String == "F32" else { throw bad("tensor \(t.name): dtype \(e["dtype"] ?? "?"), expected F32") }
+        guard let shape = e["shape"] as? [Int], shape == t.shape else {
+            throw bad("tensor \(t.name): shape \(e["shape"] ?? "?"), expected \(t.shape)")
+        }
+        guard let off = e["data_offsets"] as? [Int], off.count == 2, off[1] - off[0] == t.count * 4, off[0] >= 0,
+              base + off[1] <= bytes.count else { throw bad("tensor \(t.name): bad data_offsets") }
+        for i in 0..<t.count {
+            let o = base + off[0] + 4 * i
+            let u = UInt32(bytes[o]) | UInt32(bytes[o + 1]) << 8 | UInt32(bytes[o + 2]) << 16 | UInt32(bytes[o + 3]) << 24
+            params[t.offset + i] = Float(bitPattern: u)
+        }
+    }
+    return Model(cfg: cfg, params: params)
 }

@@ -190,7 +190,8 @@ func gradCheck(override mode: ReplayMode) {
     for i in 0..<8 { n |= Int(d[i]) << (8 * i) }
     let obj = try JSONSerialization.jsonObject(with: Data(d[8..<(8 + n)])) as! [String: Any]
     let layout = ParamLayout(ModelConfig(vocab: 12, width: 8, heads: 2, layers: 2, experts: 8, topK: 2, hidden: 8))
-    #expect(obj.count == layout.tensors.count)
+    #expect(obj.count == layout.tensors.count + 1)
+    #expect((obj["__metadata__"] as? [String: String])?["top_k"] == "2")
     #expect(d.count == 8 + n + layout.total * 4)
     let r = obj["layers.1.router"] as! [String: Any]
     #expect(r["dtype"] as? String == "F32")
@@ -225,4 +226,117 @@ func gradCheck(override mode: ReplayMode) {
     #expect(met.flipRateApplied == met.flipRateNatural)
     #expect(abs(met.k3 - k3 / Double(n)) < 1e-12)
     #expect(met.k3 >= 0 && met.reward >= 0 && met.reward <= 1 && met.gradNorm > 0 && met.entropy > 0)
+}
+
+@Test func checkpointRoundTrip() throws {
+    let out = tmpDir("ckpt")
+    defer { try? FileManager.default.removeItem(atPath: out) }
+    let m = Model<Float>(cfg: ModelConfig(vocab: 12, width: 8, heads: 2, layers: 3, experts: 6, topK: 3, hidden: 4), seed: 7)
+    try saveCheckpoint(model: m, path: out + "/c.safetensors")
+    let r = try loadCheckpoint(path: out + "/c.safetensors")
+    #expect(r.cfg == m.cfg)
+    #expect(r.params.array.map(\.bitPattern) == m.params.array.map(\.bitPattern))
+}
+
+/// Records a rollout trace with the trainer, then runs one step on it from a checkpoint.
+@Test func oneStepOnARecordedRolloutTrace() throws {
+    let src = tmpDir("rec"), dst = tmpDir("one")
+    defer { try? FileManager.default.removeItem(atPath: src); try? FileManager.default.removeItem(atPath: dst) }
+    let rec = Trainer(tinyTrain(.none, src))
+    try saveCheckpoint(model: rec.model, path: src + "/before.safetensors")
+    let recMet = try rec.runStep()
+    let trace = src + "/traces/step-0000.rollout.rtrace"
+    let rolloutIDs = try TraceReader(path: trace).readAll().map(\.expertIDs)
+
+    for mode in ReplayMode.allCases {
+        var c = tinyTrain(mode, dst + "/" + mode.rawValue)
+        c.model = ModelConfig()  // replaced by the checkpoint's geometry
+        let tr = Trainer(c, model: try loadCheckpoint(path: src + "/before.safetensors"))
+        let met = try tr.run(rolloutTrace: trace)
+        // The old-policy pass sees the same weights and sequences as the recording trainer's.
+        #expect(tr.lastRollout == rolloutIDs)
+        #expect(met.reward == recMet.reward)
+        #expect(met.flipRateNatural == recMet.flipRateNatural)
+        switch mode {
+        case .none:
+            #expect(met.k3 == recMet.k3)
+            #expect(met.flipRateApplied == met.flipRateNatural)
+        case .r2:
+            #expect(tr.lastUpdateApplied == tr.lastOldApplied)
+        case .r3:
+            #expect(met.flipRateApplied == 0)
+            #expect(tr.lastOldApplied == rolloutIDs && tr.lastUpdateApplied == rolloutIDs)
+        }
+        let lines = try String(contentsOfFile: c.out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].hasPrefix("{\"step\":0,"))
+        let tn = try TraceReader(path: c.out + "/traces/step-0000.train.rtrace")
+        #expect(tn.header.attributes["mode"] == mode.rawValue)
+        // Same seed, same flags, same trace → bit-identical metrics and checkpoint.
+        var c2 = c
+        c2.out = c.out + "-again"
+        let again = Trainer(c2, model: try loadCheckpoint(path: src + "/before.safetensors"))
+        #expect(try again.run(rolloutTrace: trace).json(timing: false) == met.json(timing: false))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: c2.out + "/checkpoint.safetensors"))
+                == Data(contentsOf: URL(fileURLWithPath: c.out + "/checkpoint.safetensors")))
+        let after = try loadCheckpoint(path: c.out + "/checkpoint.safetensors")
+        #expect(after.params.array != (try loadCheckpoint(path: src + "/before.safetensors")).params.array, "the step updated the weights")
+        #expect(after.cfg == tr.model.cfg)
+    }
+}
+
+@Test func rolloutTraceGeometryMismatchIsRefused() throws {
+    let src = tmpDir("geo")
+    defer { try? FileManager.default.removeItem(atPath: src) }
+    let rec = Trainer(tinyTrain(.none, src))
+    try rec.runStep()
+    let trace = src + "/traces/step-0000.rollout.rtrace"
+    let base = rec.model.cfg
+    var cases: [(ModelConfig, String)] = []
+    var e = base; e.experts = 4; cases.append((e, "model.num_experts"))
+    var k = base; k.topK = 3; cases.append((k, "model.top_k"))
+    var l = base; l.layers = 3; cases.append((l, "model.num_layers"))
+    var v = base; v.vocab = 13; cases.append((v, "attributes.vocab"))
+    var hot = tinyTrain(.r3, src + "/hot")
+    hot.temperature = 0.5
+    #expect(throws: TraceError.self) { try Trainer(hot, model: rec.model).runStep(rolloutTrace: trace) }
+    for (cfg, field) in cases {
+        let path = src + "/bad.safetensors"
+        try saveCheckpoint(model: Model<Float>(cfg: cfg, seed: 1), path: path)
+        let tr = Trainer(tinyTrain(.r3, src + "/out"), model: try loadCheckpoint(path: path))
+        do {
+            try tr.runStep(rolloutTrace: trace)
+            Issue.record("\(field): a mismatched trace was accepted")
+        } catch {
+            let te = error as? TraceError
+            #expect(te?.kind == .geometryMismatch)
+            #expect(te?.file == trace)
+            #expect(te?.message.hasPrefix(field) == true, "\(String(describing: te))")
+        }
+    }
+}
+
+@Test func simdMatvecMatchesScalar() {
+    var rng = RNG(21)
+    for (rows, cols) in [(13, 16), (4, 8), (12, 64)] {
+        let w = Buf<Float>(count: rows * cols)
+        for i in 0..<w.count { w[i] = Float(rng.normal()) }
+        let x = (0..<cols).map { _ in Float(rng.normal()) }
+        let y = matvec(UnsafePointer(w.p), rows, cols, x, .train)
+        for i in 0..<rows {
+            var ref = 0.0
+            for j in 0..<cols { ref += Double(w[i * cols + j]) * Double(x[j]) }
+            #expect(abs(Double(y[i]) - ref) < 1e-4 * max(1, abs(ref)), "row \(i) of \(rows)×\(cols)")
+        }
+    }
+}
+
+@Test func overheadBenchRuns() throws {
+    let out = tmpDir("ovh")
+    defer { try? FileManager.default.removeItem(atPath: out) }
+    var c = tinyTrain(.none, out)
+    c.writeTrainTrace = false
+    let r = try measureReplayOverhead(c, reps: 2)
+    #expect(r.none.count == 2 && r.r3.count == 2 && r.noneCPU.count == 2 && r.fwdFree.count == 2 && r.fwdReplay.count == 2)
+    #expect(r.read.allSatisfy { $0 > 0 } && r.write.allSatisfy { $0 > 0 })
+    #expect(r.markdown.contains("r3 vs none over 2 back-to-back pairs"))
 }

@@ -7,7 +7,7 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -46,37 +46,49 @@ def decode_ids(slots: np.ndarray, new: np.ndarray, valid_prev: np.ndarray, k: in
     """Inverse of the ordered-reuse coding (§6.2), vectorised with pointer jumping.
 
     slots: [Q, k] uint8; new: ID_NEW values; valid_prev: [Q] bool (a previous present row of the
-    same piece and layer exists). Returns [Q, k] int32 ids."""
+    same piece and layer exists). Returns [Q, k] int32 ids.
+
+    Every reused entry points at an entry of the previous row; the pointers are followed by
+    doubling (``ref = ref[ref]``) over the entries not yet resolved to a 0xFF entry only, so the
+    work shrinks with every step (log2 of the longest reuse chain steps)."""
     Q = slots.shape[0]
     if Q == 0:
         if len(new):
             raise FormatError(f"ID_NEW holds {len(new)} values but ID_SLOTS has no 0xFF", where)
         return np.zeros((0, k), dtype=np.int32)
-    isnew = slots == F.NEW_MARKER
-    ref_ok = slots < k
-    if not (isnew | ref_ok).all():
-        q, j = np.argwhere(~(isnew | ref_ok))[0]
-        raise FormatError(f"ID_SLOTS byte {int(slots[q, j])} at entry {q * k + j} is neither 0xFF nor < top_k={k}",
-                          where)
-    bad = ref_ok & ~valid_prev[:, None]
-    if bad.any():
-        q, j = np.argwhere(bad)[0]
-        raise FormatError(f"ID_SLOTS entry {q * k + j} refers to a previous row that does not exist", where)
-    nnew = int(isnew.sum())
+    flat = slots.reshape(-1)
+    isnew = flat == F.NEW_MARKER
+    nnew = int(np.count_nonzero(isnew))
+    if int(np.count_nonzero(flat >= k)) != nnew:
+        bad = (flat >= k) & ~isnew
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise FormatError(f"ID_SLOTS byte {int(flat[i])} at entry {i} is neither 0xFF nor < top_k={k}", where)
+    inv = np.flatnonzero(~valid_prev)
+    if len(inv):
+        bad = ~isnew.reshape(Q, k)[inv]
+        if bad.any():
+            q, j = np.argwhere(bad)[0]
+            raise FormatError(f"ID_SLOTS entry {int(inv[q]) * k + int(j)} refers to a previous row that does not "
+                              f"exist", where)
     if nnew != len(new):
         raise FormatError(f"ID_NEW holds {len(new)} values but ID_SLOTS has {nnew} 0xFF bytes", where)
-    flat_new = isnew.reshape(-1)
-    idx = np.arange(Q * k, dtype=np.int64)
-    ref = np.where(flat_new, idx, idx - k - (idx % k) + slots.reshape(-1).astype(np.int64))
-    # pointer jumping until every entry points at a 0xFF entry
-    while True:
-        nxt = ref[ref]
-        if np.array_equal(nxt, ref):
-            break
-        ref = nxt
-    vals = np.zeros(Q * k, dtype=np.int32)
-    vals[flat_new] = new
-    return vals[ref].reshape(Q, k)
+    N = Q * k
+    # ref: for a 0xFF entry ~(its index in ID_NEW) (negative); for a reused entry q*k + j with slot
+    # byte m, the entry (q-1)*k + m it copies. Pointer doubling (ref[x] = ref[ref[x]]) over the
+    # entries still pointing at a reused entry turns every ref negative in log2(chain) rounds.
+    ref = (np.arange(-k, N - k, k, dtype=np.intp)[:, None] + slots).reshape(-1)
+    ref[np.flatnonzero(isnew)] = ~np.arange(nnew, dtype=np.intp)
+    act = np.flatnonzero(~isnew)
+    tgt = ref[act]
+    while len(act):
+        tgt = ref[tgt]
+        ref[act] = tgt
+        keep = tgt >= 0
+        act = np.compress(keep, act)
+        tgt = np.compress(keep, tgt)
+    vals = np.asarray(new, dtype=np.int32)[~ref] if nnew else np.zeros(N, dtype=np.int32)
+    return vals.reshape(Q, k)
 
 
 class _Source:
@@ -166,10 +178,13 @@ class Reader:
     """Reads a trace: iterate for records in order; ``get(uid)`` uses the index.
 
     ``allow_incomplete=True`` reads a file without index/trailer (a writer still running or
-    killed) without raising at its end; ``reader.complete`` tells what was found."""
+    killed) without raising at its end; ``reader.complete`` tells what was found.
+    ``threads=False`` decodes on the calling thread only (by default, on a regular file, the next
+    chunk is decoded on a worker thread and a chunk's columns are inflated concurrently)."""
 
-    def __init__(self, path_or_file, allow_incomplete: bool = False):
+    def __init__(self, path_or_file, allow_incomplete: bool = False, threads: bool = True):
         self._src = _Source(path_or_file)
+        self.threads = bool(threads)
         self.allow_incomplete = allow_incomplete
         self.complete: Optional[bool] = None
         self._index = None
@@ -318,9 +333,22 @@ class Reader:
         elif s.offset != self.data_start:
             raise ValueError("a non-seekable trace can be iterated once")
         asm = _Assembler(self)
+        # On a regular file, chunk i+1 is decoded on a worker thread (numpy and zlib release the GIL)
+        # while the records of chunk i are assembled and consumed. On a pipe every chunk is decoded
+        # as soon as it arrives, so that a reader following a live writer is not one chunk behind.
+        ahead = self.threads and s.seekable
+        queue = []
+
+        def drain():
+            while queue:
+                chunk, fut = queue.pop(0)
+                yield from asm.feed(chunk, decoded=fut.result())
+
         while True:
             at = s.offset
             magic = s.read(4)
+            if len(magic) < 4 or magic != F.CHUNK_MAGIC:
+                yield from drain()
             if len(magic) == 0:
                 self.complete = False
                 if asm.pending is not None:
@@ -339,12 +367,19 @@ class Reader:
                 try:
                     chunk = self._read_chunk(at)
                 except FormatError as e:
+                    yield from drain()
                     if e.kind == "truncated" and self.allow_incomplete:
                         self.complete = False
                         warnings.warn(str(e))
                         return
                     raise
-                yield from asm.feed(chunk)
+                if ahead:
+                    queue.append((chunk, _decode_pool().submit(chunk.decode)))
+                    if len(queue) > 1:
+                        c, fut = queue.pop(0)
+                        yield from asm.feed(c, decoded=fut.result())
+                else:
+                    yield from asm.feed(chunk)
             elif magic == F.INDEX_MAGIC:
                 self._read_index_and_trailer(at)
                 if asm.pending is not None:
@@ -460,8 +495,11 @@ class Reader:
 class _ChunkData:
     def __init__(self, rd: Reader, at: int, P: int, R: int, stored: dict):
         self.rd, self.at, self.P, self.R, self.stored = rd, at, P, R, stored
+        self.futures = None
 
-    def col(self, cid, expect_len, width):
+    def col(self, cid, expect_len, width, keep_shuffled=False):
+        """The column's raw bytes (inflated, un-shuffled). With keep_shuffled, returns
+        (bytes, transform) and leaves a byte-shuffled column shuffled."""
         codec, tr, raw_len, b = self.stored[cid]
         name = F.COLUMN_NAMES[cid]
         if expect_len is not None and raw_len != expect_len:
@@ -469,10 +507,46 @@ class _ChunkData:
                               self.at, "corrupt")
         if raw_len % max(width, 1):
             raise FormatError(f"column {name} raw_len {raw_len} is not a multiple of {width}", self.at, "corrupt")
-        data = F.inflate(b, raw_len, self.at, name) if codec == 1 else b
+        fut = self.futures.pop(cid, None) if self.futures else None
+        if fut is not None:
+            data = fut.result()
+        else:
+            data = F.inflate(b, raw_len, self.at, name) if codec == 1 else b
+        if keep_shuffled:
+            return data, tr
         if tr == 1:
             data = F.unshuffle(data, width)
         return data
+
+    def prefetch(self, bounds):
+        """Inflates the deflated columns of ``bounds`` ({cid: max raw_len}) concurrently (zlib releases
+        the GIL), after checking each raw_len against its bound (no inflating past what the content
+        can hold)."""
+        jobs = []
+        for cid, bound in bounds.items():
+            if cid not in self.stored:
+                continue
+            codec, tr, raw_len, b = self.stored[cid]
+            if codec == 1 and raw_len <= bound and raw_len >= (1 << 16):
+                jobs.append((cid, b, raw_len))
+        if len(jobs) < 2 or not self.rd.threads:
+            return
+        pool = _pool()
+        self.futures = {cid: pool.submit(F.inflate, b, raw_len, self.at, F.COLUMN_NAMES[cid])
+                        for cid, b, raw_len in jobs}
+
+    def _floats(self, cid, dt, n, Q, present, li, ri):
+        """A float column as an [R, L, n] array of ``dt`` (a transposed view of the layer-major
+        array, copied once into the records by the assembler)."""
+        L, R = self.rd.L, self.R
+        sz = dt.itemsize
+        data, tr = self.col(cid, Q * n * sz, sz, keep_shuffled=True)
+        v = F.unshuffle_array(data, dt) if tr == 1 else np.frombuffer(data, dtype=dt)
+        if present is None:
+            return v.reshape(L, R, n).transpose(1, 0, 2)
+        a = np.zeros((L, R, n), dtype=dt)
+        a[li, ri] = v.reshape(Q, n)
+        return a.transpose(1, 0, 2)
 
     def decode(self):
         """Returns (pieces, records_entries, per-chunk arrays)."""
@@ -524,11 +598,6 @@ class _ChunkData:
             raise FormatError(f"{name}: RECORDS column is malformed ({e})", at, "corrupt") from None
         if p != len(rb):
             raise FormatError(f"{name}: RECORDS column has {len(rb) - p} trailing bytes", at, "corrupt")
-        ntok = sum(e["n_tokens"] for e in entries)
-        tokens = np.frombuffer(self.col(F.TOKENS, 4 * ntok, 4), dtype="<i4")
-        logprobs = None
-        if rd.has_logprobs:
-            logprobs = np.frombuffer(self.col(F.LOGPROBS, 4 * sum(e["n_logprobs"] for e in entries), 4), dtype="<f4")
         nbits = L * R
         if F.MISSING in self.stored:
             mb = np.frombuffer(self.col(F.MISSING, (nbits + 7) // 8, 1), dtype=np.uint8)
@@ -536,39 +605,64 @@ class _ChunkData:
             if bits[nbits:].any():
                 raise FormatError(f"{name}: MISSING has unused high bits set", at, "corrupt")
             missing = bits[:nbits].reshape(L, R).astype(bool)
+            present = ~missing
+            Q = int(np.count_nonzero(present))
+            if Q == L * R:
+                present = None   # a MISSING column with no bit set
         else:
-            missing = np.zeros((L, R), dtype=bool)
-        present = ~missing
-        Q = int(present.sum())
-        slots = np.frombuffer(self.col(F.ID_SLOTS, Q * k, 1), dtype=np.uint8).reshape(Q, k)
-        nnew = int((slots == F.NEW_MARKER).sum())
+            present = None   # every (layer, row) present: no scatter needed
+            Q = L * R
         w = rd.id_dtype.itemsize
+        wsz = rd.wdt.itemsize if rd.wdt is not None else 0
+        lsz = rd.ldt.itemsize if rd.ldt is not None else 0
+        self.prefetch({F.ID_SLOTS: Q * k, F.ID_NEW: Q * k * w, F.WEIGHTS: Q * k * wsz, F.LOGITS: Q * E * lsz})
+        ntok = sum(e["n_tokens"] for e in entries)
+        tokens = np.frombuffer(self.col(F.TOKENS, 4 * ntok, 4), dtype="<i4")
+        logprobs = None
+        if rd.has_logprobs:
+            logprobs = np.frombuffer(self.col(F.LOGPROBS, 4 * sum(e["n_logprobs"] for e in entries), 4), dtype="<f4")
+        slots = np.frombuffer(self.col(F.ID_SLOTS, Q * k, 1), dtype=np.uint8).reshape(Q, k)
+        nnew = int(np.count_nonzero(slots == F.NEW_MARKER))
         new = np.frombuffer(self.col(F.ID_NEW, nnew * w, w), dtype=rd.id_dtype)
         piece_of_row = np.repeat(np.arange(P, dtype=np.int64), pc["n_rows"].astype(np.int64))
-        li, ri = np.nonzero(present)
-        key = li.astype(np.int64) * P + piece_of_row[ri]
-        valid = np.zeros(Q, dtype=bool)
-        valid[1:] = key[1:] == key[:-1]
+        valid, li, ri = F.prev_valid(np.ones((L, R), dtype=bool) if present is None else present, piece_of_row)
         try:
             vals = decode_ids(slots, new, valid, k, at)
         except FormatError as e:
             raise FormatError(f"{name}: chunk ids coding invalid: {str(e).split(': ', 1)[-1]}", at, "corrupt") \
                 from None
-        ids_lr = np.full((L, R, k), -1, dtype=np.int32)
-        ids_lr[present] = vals
-        ids = ids_lr.transpose(1, 0, 2)  # [R, L, k] view
-        weights = logits = None
-        if rd.wdt is not None:
-            wd = np.frombuffer(self.col(F.WEIGHTS, Q * k * rd.wdt.itemsize, rd.wdt.itemsize), dtype=rd.wdt)
-            a = np.zeros((L, R, k), dtype=rd.wdt)
-            a[present] = wd.reshape(Q, k)
-            weights = a.transpose(1, 0, 2)
-        if rd.ldt is not None:
-            ld = np.frombuffer(self.col(F.LOGITS, Q * E * rd.ldt.itemsize, rd.ldt.itemsize), dtype=rd.ldt)
-            a = np.zeros((L, R, E), dtype=rd.ldt)
-            a[present] = ld.reshape(Q, E)
-            logits = a.transpose(1, 0, 2)
+        if present is None:
+            ids = vals.reshape(L, R, k).transpose(1, 0, 2)        # [R, L, k] view
+        else:
+            ids_lr = np.full((L, R, k), -1, dtype=np.int32)
+            ids_lr[li, ri] = vals
+            ids = ids_lr.transpose(1, 0, 2)
+        weights = self._floats(F.WEIGHTS, rd.wdt, k, Q, present, li, ri) if rd.wdt is not None else None
+        logits = self._floats(F.LOGITS, rd.ldt, E, Q, present, li, ri) if rd.ldt is not None else None
         return pc, entries, tokens, logprobs, ids, weights, logits
+
+
+_POOL = None
+_DECODE_POOL = None
+
+
+def _decode_pool():
+    """One thread that decodes the next chunk while the caller consumes the current one. It waits
+    on inflate jobs of _pool(), which never wait on anything: no deadlock."""
+    global _DECODE_POOL
+    if _DECODE_POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _DECODE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtrace-decode")
+    return _DECODE_POOL
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
+                                   thread_name_prefix="rtrace-inflate")
+    return _POOL
 
 
 class _Assembler:
@@ -580,11 +674,11 @@ class _Assembler:
         self.filled = 0
         self.next_ordinal = 0
 
-    def feed(self, chunk: _ChunkData, only: Optional[int] = None, seq_check: bool = True):
+    def feed(self, chunk: _ChunkData, only: Optional[int] = None, seq_check: bool = True, decoded=None):
         rd = self.rd
         name = rd._src.name
         at = chunk.at
-        pc, entries, tokens, logprobs, ids, weights, logits = chunk.decode()
+        pc, entries, tokens, logprobs, ids, weights, logits = decoded if decoded is not None else chunk.decode()
         ei = tp = lp = r0 = 0
         out = []
         for i in range(len(pc)):
@@ -616,9 +710,9 @@ class _Assembler:
                 want = only is None or only == ordinal
                 rec = Record(uid=e["uid"], group=e["group"], tokens=toks.astype(np.int32), prompt_len=e["prompt_len"],
                              start=e["start"], topk_ids=np.empty((NR, rd.L, rd.k), dtype=np.int32) if want else None,
-                             topk_weights=(np.empty((NR, rd.L, rd.k), dtype=rd.wdt.newbyteorder("=")) if want
+                             topk_weights=(np.empty((NR, rd.L, rd.k), dtype=rd.wdt) if want
                                            and weights is not None else None),
-                             router_logits=(np.empty((NR, rd.L, rd.E), dtype=rd.ldt.newbyteorder("=")) if want
+                             router_logits=(np.empty((NR, rd.L, rd.E), dtype=rd.ldt) if want
                                             and logits is not None else None),
                              logprobs=None if lps is None else lps.astype(np.float32),
                              reward=e["reward"], attrs=e["attrs"], ordinal=ordinal)

@@ -18,32 +18,48 @@ def _now() -> str:
 
 
 def encode_ids(ids_lr: np.ndarray, present: np.ndarray, piece_of_row: np.ndarray, width: int):
-    """Ordered-reuse coding (§6.2), vectorised.
+    """Ordered-reuse coding (§6.2), vectorised across rows.
 
-    ids_lr: [L, R, k] ids (layer-major), present: [L, R] bool, piece_of_row: [R] piece index.
-    Returns (ID_SLOTS bytes, ID_NEW bytes)."""
+    ids_lr: [L, R, k] ids (layer-major; any strides), present: [L, R] bool, piece_of_row: [R] piece
+    index. Returns (ID_SLOTS bytes, ID_NEW bytes)."""
     L, R, k = ids_lr.shape
-    li, ri = np.nonzero(present)             # layer-major order of present (layer, row)s
-    X = ids_lr[li, ri]                        # [Q, k]
-    Q = X.shape[0]
+    # ids narrowed to the stored width first (u8 / u16 truncation, as the format stores them):
+    # equality of stored ids is what the coding compares, and narrow compares are faster.
+    dt = np.uint8 if width == 1 else np.dtype("<u2")
+    valid, li, ri = F.prev_valid(present, piece_of_row)
+    # slot-major [k, Q] copies, so that every compare below runs over one contiguous row of Q ids
+    if li is None:
+        Xt = np.ascontiguousarray(ids_lr.transpose(2, 0, 1), dtype=dt).reshape(k, L * R)
+    else:
+        Xt = np.ascontiguousarray(ids_lr[li, ri].T, dtype=dt)
+    Q = Xt.shape[1]
     if Q == 0:
         return b"", b""
-    key = li.astype(np.int64) * (int(piece_of_row.max()) + 1 if R else 1) + piece_of_row[ri]
-    valid = np.zeros(Q, dtype=bool)
-    valid[1:] = key[1:] == key[:-1]
-    P = np.empty_like(X)
-    P[1:] = X[:-1]
-    P[0] = X[0]
-    eq = X[:, :, None] == P[:, None, :]      # [Q, k(slot), k(prev slot)]
-    hit = eq.any(axis=2) & valid[:, None]
-    m = eq.argmax(axis=2).astype(np.uint8)    # smallest prev slot with the same expert
-    slots = np.where(hit, m, np.uint8(F.NEW_MARKER)).astype(np.uint8)
-    new = X[~hit]
-    if width == 1:
-        new = new.astype(np.uint8)            # truncating, as the format stores u8
-    else:
-        new = new.astype("<u2")
+    # St[j, q] = the smallest m with Xt[j, q] == Xt[m, q - 1]: broadcast [k(j), k(m), block]
+    # equality weighted 255 - m, so that 255 - (the maximum over m) is the first matching slot, or
+    # 0xFF (the new marker) where nothing matches (k <= 254 keeps every weight above 0)
+    St = np.empty((k, Q), dtype=np.uint8)
+    St[:, 0] = F.NEW_MARKER                   # entry 0 never has a previous row
+    wt = (255 - np.arange(k)).astype(np.uint8)[None, :, None]
+    step = max(64, (8 << 20) // (k * k))    # eq holds k*k*step bytes (8 MiB)
+    for q0 in range(1, Q, step):
+        q1 = min(Q, q0 + step)
+        eq = np.equal(Xt[:, None, q0:q1], Xt[None, :, q0 - 1:q1 - 1]).view(np.uint8)
+        np.multiply(eq, wt, out=eq)
+        np.subtract(np.uint8(255), eq.max(axis=1), out=St[:, q0:q1])
+    inv = np.flatnonzero(~valid)
+    if len(inv):
+        St[:, inv] = F.NEW_MARKER
+    slots = np.ascontiguousarray(St.T)        # [Q, k]
+    new = np.compress((slots == F.NEW_MARKER).reshape(-1), np.ascontiguousarray(Xt.T).reshape(-1))
     return slots.tobytes(), new.tobytes()
+
+
+def _shuffled_layer_major(a: np.ndarray, present: np.ndarray, li, ri) -> bytes:
+    """[R, L, n] float column (little-endian) -> its layer-major (over present (layer, row)s),
+    byte-shuffled raw bytes (§5.5, §6.1)."""
+    lm = a.transpose(1, 0, 2)
+    return F.shuffle_array(np.ascontiguousarray(lm) if li is None else lm[li, ri])
 
 
 class _Sink:
@@ -88,7 +104,7 @@ class Writer:
                  topk_weights_dtype: str | None = None, router_logits_dtype: str | None = None,
                  logprobs: bool = False, policy_version: int | None = None,
                  attributes: dict | None = None, chunk_bytes: int = 4 << 20, compress: bool = True,
-                 created: str | None = None):
+                 created: str | None = None, threads: bool = True):
         model = dict(model)
         if "layer_map" not in model or model["layer_map"] is None:
             model["layer_map"] = list(range(int(model["num_layers"])))
@@ -123,6 +139,7 @@ class Writer:
         self.wname, self.lname = topk_weights_dtype, router_logits_dtype
         self.has_logprobs = bool(logprobs)
         self.compress = compress
+        self.threads = bool(threads)   # deflate a chunk's columns concurrently (zlib releases the GIL)
         self.row_bytes = max(1, self.L * self.k * (1 + (self.wdt.itemsize if self.wdt else 0))
                              + self.L * self.E * (self.ldt.itemsize if self.ldt else 0))
         self.budget = max(int(chunk_bytes), self.row_bytes)
@@ -293,7 +310,6 @@ class Writer:
         self._pending_bytes = 0
 
     def _encode_chunk(self, pieces) -> bytes:
-        L, k = self.L, self.k
         R = sum(p[4] for p in pieces)
         pcol = bytearray()
         rcol = bytearray()
@@ -326,33 +342,46 @@ class Writer:
             present = ~miss_lr
             if miss_lr.any():
                 cols.append((F.MISSING, np.packbits(miss_lr.reshape(-1), bitorder="little").tobytes(), 1, False))
+                li, ri = np.nonzero(present)
+            else:
+                li = ri = None
             slots, new = encode_ids(ids.transpose(1, 0, 2), present, piece_of_row, self.id_width)
         else:
-            present = np.zeros((L, 0), dtype=bool)
             slots, new = b"", b""
         cols.append((F.ID_SLOTS, slots, 1, True))
         cols.append((F.ID_NEW, new, self.id_width, True))
+        shuffled = set()
         for attr, dt, col in (("weights", self.wdt, F.WEIGHTS), ("logits", self.ldt, F.LOGITS)):
             if dt is None:
                 continue
             if R > 0:
                 parts = [getattr(p[5], attr)[p[3]:p[3] + p[4]] for p in pieces]
                 a = parts[0] if len(parts) == 1 else np.concatenate(parts)
-                data = a.transpose(1, 0, 2)[present].tobytes()   # layer-major over present
+                data = _shuffled_layer_major(a, present, li, ri)   # layer-major over present, shuffled
+                shuffled.add(col)
             else:
                 data = b""
             cols.append((col, data, dt.itemsize, True))
-        directory = bytearray()
-        payload = []
-        for cid, raw, width, huff in cols:
+
+        def encode(c):
+            cid, raw, width, huff = c
             transform = 1 if width > 1 else 0
-            t = F.shuffle(raw, width) if transform else raw
-            codec, stored = 0, t
+            t = F.shuffle(raw, width) if transform and cid not in shuffled else raw
             if self.compress and t:
                 z = F.deflate(t, huff)
                 if len(z) < len(t):
-                    codec, stored = 1, z
-            directory += struct.pack("<HBBIII", cid, codec, transform, len(t), len(stored), F.crc32(stored))
+                    return cid, 1, transform, len(t), z
+            return cid, 0, transform, len(t), t
+
+        # deflate releases the GIL: big chunks compress their columns concurrently (as the Swift writer)
+        if self.threads and sum(len(c[1]) for c in cols) > 256 << 10:
+            done = list(_pool().map(encode, cols))
+        else:
+            done = [encode(c) for c in cols]
+        directory = bytearray()
+        payload = []
+        for cid, codec, transform, raw_len, stored in done:
+            directory += struct.pack("<HBBIII", cid, codec, transform, raw_len, len(stored), F.crc32(stored))
             payload.append(stored)
         head = b"RTCK" + struct.pack("<IIIQ", len(cols), len(pieces), R, sum(len(s) for s in payload)) \
             + bytes(directory)
@@ -378,6 +407,18 @@ class Writer:
         t += struct.pack("<I", F.crc32(t)) + F.END_MAGIC
         self._sink.write(frame + t)
         self._sink.close()
+
+
+_POOL = None
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
+                                   thread_name_prefix="rtrace-deflate")
+    return _POOL
 
 
 def _torch_to_numpy(t, dname):
