@@ -30,7 +30,13 @@ let package = Package(
         ),
         .testTarget(
             name: "RTraceTests",
-            dependencies: ["RTrace"]
+            dependencies: ["RTrace", "RTraceTestSupport"]
+        ),
+
+        // What the test targets share: a seeded RNG, the repository root, temporary paths.
+        .target(
+            name: "RTraceTestSupport",
+            path: "Tests/RTraceTestSupport"
         ),
 
         // Analyses over traces: diff (flip rates, router KL, policy KL) and stats (expert load).
@@ -41,7 +47,7 @@ let package = Package(
 
         .testTarget(
             name: "RTraceAnalysisTests",
-            dependencies: ["RTraceAnalysis"]
+            dependencies: ["RTraceAnalysis", "RTraceTestSupport"]
         ),
 
         // The reference MoE RL trainer with routing replay (R2/R3).
@@ -81,7 +87,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RTraceCLITests",
-            dependencies: ["RTraceCLI", "rtrace"]
+            dependencies: ["RTraceCLI", "rtrace", "RTraceTestSupport"]
         ),
 
         .executableTarget(

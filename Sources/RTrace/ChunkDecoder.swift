@@ -1,3 +1,5 @@
+import Dispatch
+
 /// The per-record fields of a RECORDS entry (spec/format.md §5.3).
 struct RecordMeta: Sendable {
     var uid: String
@@ -21,6 +23,15 @@ struct DecodedPiece: Sendable {
     var ids: [UInt16]
     var weights: [UInt8] = []
     var logits: [UInt8] = []
+    /// The workers' check of the ids (only when the decoder was asked to check).
+    var idCheck: IDCheck? = nil
+}
+
+/// What a decoding worker found checking a piece's ids (see ``TraceChecker/idCheck(_:rows:L:k:E:)``).
+struct IDCheck: Sendable {
+    var clean: Bool
+    var layerOr: [UInt16]
+    var layerPresent: [Bool]
 }
 
 /// A decoded chunk frame.
@@ -32,8 +43,15 @@ struct DecodedChunk: Sendable {
 }
 
 /// Decodes and validates one chunk frame (spec/format.md §4–§6). Errors carry offsets within the frame.
-struct ChunkDecoder {
+struct ChunkDecoder: Sendable {
     let header: TraceHeader
+    /// Check each piece's ids in the worker (``DecodedPiece/idCheck``): for `rtrace check`.
+    var checkIDs = false
+
+    init(header: TraceHeader, checkIDs: Bool = false) {
+        self.header = header
+        self.checkIDs = checkIDs
+    }
 
     func decode(frame b: [UInt8]) throws(TraceError) -> DecodedChunk {
         let ch = try ChunkHeader.parse(b)
@@ -199,8 +217,9 @@ struct ChunkDecoder {
         let slots = try column(se, expected: present * k, width: 1)
         let ne = try entry(.idNew, required: true)!
         let width = header.idWidth
-        let newCount = slots.reduce(0) { $0 + ($1 == IDCoding.newMarker ? 1 : 0) }
-        let fresh = try column(ne, expected: newCount * width.size, width: width.size)
+        let starts = LayerStarts(missing: missing, layers: L, chunkRows: R, slots: slots, topK: k)
+        var fresh = try column(ne, expected: starts.newBefore[L] * width.size, width: width.size)
+        fresh += [0, 0]  // IDCoding.decode may read (never use) two bytes past the last new id
         var out: [DecodedPiece] = []
         out.reserveCapacity(pieces.count)
         var t = 0, lp = 0
@@ -215,44 +234,74 @@ struct ChunkDecoder {
             out.append(d)
         }
         if let err = IDCoding.decode(slots: slots, fresh: fresh, width: width, missing: missing, pieces: &out,
-                                     layers: L, topK: k, chunkRows: R) {
+                                     layers: L, topK: k, chunkRows: R, starts: starts) {
             throw TraceError(.corrupt, err, offset: se.offsetInFrame)
+        }
+        if checkIDs {
+            for i in out.indices {
+                out[i].idCheck = out[i].ids.withUnsafeBufferPointer {
+                    TraceChecker.idCheck($0, rows: out[i].piece.rowCount, L: L, k: k, E: E)
+                }
+            }
         }
         if let d = header.columns.topkWeights, let we = try entry(.weights, required: true) {
             let wb = try column(we, expected: present * k * d.size, width: d.size)
-            Self.scatter(wb, into: &out, per: k * d.size, L: L, missing: missing, chunkRows: R, \.weights)
+            Self.scatter(wb, into: &out, per: k * d.size, L: L, missing: missing, chunkRows: R, starts: starts, \.weights)
         }
         if let d = header.columns.routerLogits, let ge = try entry(.logits, required: true) {
             let gb = try column(ge, expected: present * E * d.size, width: d.size)
-            Self.scatter(gb, into: &out, per: E * d.size, L: L, missing: missing, chunkRows: R, \.logits)
+            Self.scatter(gb, into: &out, per: E * d.size, L: L, missing: missing, chunkRows: R, starts: starts, \.logits)
         }
         return DecodedChunk(header: ch, pieces: out, unknownColumns: unknown)
     }
 
-    /// Scatters a layer-major column over present (layer, row)s into each piece's row-major bytes.
+    /// Decodes `frames` on up to `threads` workers; one result per frame, in order.
+    func decodeConcurrently(_ frames: [[UInt8]], threads: Int) -> [Result<DecodedChunk, TraceError>] {
+        let slots = SendableBuffer<Result<DecodedChunk, TraceError>?>(count: frames.count, initial: nil)
+        defer { slots.free() }
+        let run: @Sendable (Int) -> Void = { i in
+            let results = slots.buffer
+            do { results[i] = .success(try self.decode(frame: frames[i])) } catch { results[i] = .failure(error as! TraceError) }
+        }
+        if frames.count > 1 && threads > 1 {
+            DispatchQueue.concurrentPerform(iterations: frames.count) { run($0) }
+        } else {
+            for i in 0..<frames.count { run(i) }
+        }
+        return slots.buffer.map { $0! }
+    }
+
+    /// Scatters a layer-major column of `per` bytes per present (layer, row) into each piece's row-major
+    /// bytes, walking rows with one read cursor per layer so that writes are sequential.
     static func scatter(
         _ src: [UInt8], into pieces: inout [DecodedPiece], per: Int, L: Int, missing: [UInt8]?, chunkRows R: Int,
-        _ field: WritableKeyPath<DecodedPiece, [UInt8]>
+        starts: LayerStarts, _ field: WritableKeyPath<DecodedPiece, [UInt8]>
     ) {
-        for i in pieces.indices { pieces[i][keyPath: field] = [UInt8](repeating: 0, count: pieces[i].piece.rowCount * L * per) }
-        var o = 0
+        precondition(src.count == starts.presentBefore[L] * per)
+        var at = (0..<L).map { starts.presentBefore[$0] * per }
+        var r0 = 0
         src.withUnsafeBytes { s in
-            for l in 0..<L {
-                var r0 = 0
-                for i in pieces.indices {
-                    let n = pieces[i].piece.rowCount
-                    pieces[i][keyPath: field].withUnsafeMutableBytes { dst in
-                        for r in 0..<n {
-                            if let missing {
-                                let bit = l * R + r0 + r
-                                if missing[bit >> 3] & (1 << UInt8(bit & 7)) != 0 { continue }
+            for i in pieces.indices {
+                let n = pieces[i].piece.rowCount
+                var out = [UInt8](repeating: 0, count: n * L * per)
+                out.withUnsafeMutableBytes { dst in
+                    // Blocks of 32 rows, as in IDCoding.decode: sequential reads per layer, output in cache.
+                    for blockStart in stride(from: 0, to: n, by: 32) {
+                        for l in 0..<L {
+                            for r in blockStart..<min(n, blockStart + 32) {
+                                if let missing {
+                                    let bit = l * R + r0 + r
+                                    if missing[bit >> 3] & (1 << UInt8(bit & 7)) != 0 { continue }
+                                }
+                                dst.baseAddress!.advanced(by: (r * L + l) * per)
+                                    .copyMemory(from: s.baseAddress!.advanced(by: at[l]), byteCount: per)
+                                at[l] += per
                             }
-                            dst.baseAddress!.advanced(by: (r * L + l) * per).copyMemory(from: s.baseAddress!.advanced(by: o), byteCount: per)
-                            o += per
                         }
                     }
-                    r0 += n
                 }
+                pieces[i][keyPath: field] = out
+                r0 += n
             }
         }
     }

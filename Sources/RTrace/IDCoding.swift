@@ -57,47 +57,157 @@ enum IDCoding {
     }
 }
 
+/// Where each layer's run starts in a layer-major column (spec/format.md §6.1): layer l's present
+/// rows follow those of layers 0..<l.
+struct LayerStarts {
+    /// Present (row, layer)s before layer l, for l in 0...L (the last entry is the total).
+    var presentBefore: [Int]
+    /// New-id codes in ID_SLOTS before layer l, for l in 0...L (the last entry is ID_NEW's count).
+    var newBefore: [Int]
+
+    /// Counts from the MISSING bitmap and, for the new codes, the ID_SLOTS column (whose length
+    /// the caller has checked against `presentBefore[L] * topK`).
+    init(missing: [UInt8]?, layers L: Int, chunkRows R: Int, slots: [UInt8], topK k: Int) {
+        presentBefore = [Int](repeating: 0, count: L + 1)
+        newBefore = [Int](repeating: 0, count: L + 1)
+        for l in 0..<L {
+            var absent = 0
+            if let missing {
+                for bit in (l * R)..<((l + 1) * R) where missing[bit >> 3] & (1 << UInt8(bit & 7)) != 0 { absent += 1 }
+            }
+            presentBefore[l + 1] = presentBefore[l] + R - absent
+        }
+        precondition(slots.count == presentBefore[L] * k)
+        slots.withUnsafeBufferPointer { sp in
+            for l in 0..<L {
+                let n = Self.count(IDCoding.newMarker, in: sp, from: presentBefore[l] * k, to: presentBefore[l + 1] * k)
+                newBefore[l + 1] = newBefore[l] + n
+            }
+        }
+    }
+}
+
+extension LayerStarts {
+    /// How many bytes of `p[a..<z]` equal `value`, sixteen at a time.
+    static func count(_ value: UInt8, in p: UnsafeBufferPointer<UInt8>, from a: Int, to z: Int) -> Int {
+        guard a < z, let base = p.baseAddress.map(UnsafeRawPointer.init) else { return 0 }
+        var i = a, n = 0
+        let target = SIMD16<UInt8>(repeating: value), one = SIMD16<UInt8>(repeating: 1), zero = SIMD16<UInt8>()
+        while i &+ 16 <= z {
+            // At most 255 blocks per accumulator, so no lane overflows.
+            var acc = zero
+            let end = min(z, i &+ 16 &* 255)
+            while i &+ 16 <= end {
+                let v = base.loadUnaligned(fromByteOffset: i, as: SIMD16<UInt8>.self)
+                acc &+= zero.replacing(with: one, where: v .== target)
+                i &+= 16
+            }
+            n &+= Int(SIMD16<UInt16>(truncatingIfNeeded: acc).wrappedSum())
+        }
+        while i < z {
+            if p[i] == value { n &+= 1 }
+            i &+= 1
+        }
+        return n
+    }
+}
+
 extension IDCoding {
     /// Decodes ID_SLOTS and ID_NEW into the pieces' row-major ids. Returns an error message, or nil.
+    ///
+    /// The caller has checked the column lengths: `slots` holds `k` codes per present (layer, row) and
+    /// `fresh` one id per new-marker code. The columns are layer-major and the output row-major, so
+    /// the loop walks rows and keeps one read cursor per layer: every write is sequential.
     static func decode(
         slots: [UInt8], fresh: [UInt8], width: IDWidth, missing: [UInt8]?, pieces: inout [DecodedPiece],
-        layers L: Int, topK k: Int, chunkRows R: Int
+        layers L: Int, topK k: Int, chunkRows R: Int, starts: LayerStarts
     ) -> String? {
-        var s = 0, f = 0
-        for l in 0..<L {
-            var r0 = 0
-            for i in pieces.indices {
-                let n = pieces[i].piece.rowCount
-                let err: String? = pieces[i].ids.withUnsafeMutableBufferPointer { ids in
-                    var prev = -1
-                    for r in 0..<n {
-                        if let missing {
-                            let bit = l * R + r0 + r
-                            if missing[bit >> 3] & (1 << UInt8(bit & 7)) != 0 { continue }
-                        }
-                        let b = (r * L + l) * k
-                        for j in 0..<k {
-                            let m = slots[s]
-                            s += 1
-                            if m == newMarker {
-                                if width == .u8 {
-                                    ids[b + j] = UInt16(fresh[f]); f += 1
-                                } else {
-                                    ids[b + j] = UInt16(fresh[f]) | UInt16(fresh[f + 1]) << 8; f += 2
+        let w = width.size, wide = w == 2, shift = wide ? 1 : 0
+        precondition(slots.count == starts.presentBefore[L] * k && fresh.count == starts.newBefore[L] * w + 2)
+        var slotAt = (0..<L).map { starts.presentBefore[$0] * k }, freshAt = (0..<L).map { starts.newBefore[$0] * w }
+        var prev = [Int](repeating: -1, count: L)
+        var r0 = 0
+        for i in pieces.indices {
+            let n = pieces[i].piece.rowCount
+            let err: String? = slots.withUnsafeBufferPointer { sp in
+                fresh.withUnsafeBufferPointer { fp in
+                    slotAt.withUnsafeMutableBufferPointer { slotAt in
+                        freshAt.withUnsafeMutableBufferPointer { freshAt in
+                            prev.withUnsafeMutableBufferPointer { prev in
+                                pieces[i].ids.withUnsafeMutableBufferPointer { ids -> String? in
+                                    for l in 0..<L { prev[l] = -1 }
+                                    // Blocks of 32 rows × groups of 8 layers: each layer's codes are
+                                    // read in short sequential runs, the block's output stays in L1,
+                                    // and consecutive steps belong to different layers, so the
+                                    // row-to-row dependency of reused ids does not serialise the loop.
+                                    var blockStart = 0
+                                    while blockStart < n {
+                                    let blockEnd = min(n, blockStart &+ 32)
+                                    defer { blockStart = blockEnd }
+                                    var groupStart = 0
+                                    while groupStart < L {
+                                    let groupEnd = min(L, groupStart &+ 8)
+                                    defer { groupStart = groupEnd }
+                                    for r in blockStart..<blockEnd {
+                                        for l in groupStart..<groupEnd {
+                                            let b = (r &* L &+ l) &* k
+                                            if let missing {
+                                                let bit = l * R + r0 + r
+                                                if missing[bit >> 3] & (1 << UInt8(bit & 7)) != 0 { continue }
+                                            }
+                                            var s = slotAt[l], f = freshAt[l]
+                                            let p = prev[l]
+                                            if p >= 0 {
+                                                // Branch-free: new and reused ids are about equally common.
+                                                // Integer arithmetic instead of conditions, so that the
+                                                // compiler emits no branch on the unpredictable codes.
+                                                // The ID_NEW position of slot j is f plus the new codes
+                                                // before it: no chain of dependent loads through f.
+                                                var bad = 0, count = 0
+                                                for j in 0..<k {
+                                                    let m = Int(sp[s &+ j])
+                                                    let isNew = (m &+ 1) >> 8  // 1 for the new marker 0xFF, else 0
+                                                    let select = UInt16(truncatingIfNeeded: 0 &- isNew)
+                                                    let reused = ids[p &+ min(m, k &- 1)]
+                                                    let q = f &+ (count << shift)
+                                                    let fresh = wide ? UInt16(fp[q]) | UInt16(fp[q &+ 1]) << 8 : UInt16(fp[q])
+                                                    ids[b &+ j] = (fresh & select) | (reused & ~select)
+                                                    count &+= isNew
+                                                    bad |= ((k &- 1 &- m) >> 63) & (1 &- isNew)  // a reuse code ≥ top_k
+                                                }
+                                                f &+= count << shift
+                                                s &+= k
+                                                if bad != 0 {
+                                                    let m = (0..<k).map { sp[s - k + $0] }.first { $0 != newMarker && Int($0) >= k }!
+                                                    return "slot code \(m) at layer \(l), chunk row \(r0 + r) is not below top_k \(k)"
+                                                }
+                                            } else {
+                                                for j in 0..<k {
+                                                    let m = sp[s]
+                                                    s &+= 1
+                                                    guard m == newMarker else {
+                                                        return "slot code \(m) at layer \(l), chunk row \(r0 + r) refers to a previous row the piece does not have"
+                                                    }
+                                                    ids[b + j] = w == 1 ? UInt16(fp[f]) : UInt16(fp[f]) | UInt16(fp[f + 1]) << 8
+                                                    f &+= w
+                                                }
+                                            }
+                                            slotAt[l] = s
+                                            freshAt[l] = f
+                                            prev[l] = b
+                                        }
+                                    }
+                                    }
+                                    }
+                                    return nil
                                 }
-                            } else {
-                                guard Int(m) < k else { return "slot code \(m) at layer \(l), chunk row \(r0 + r) is not below top_k \(k)" }
-                                guard prev >= 0 else { return "slot code \(m) at layer \(l), chunk row \(r0 + r) refers to a previous row the piece does not have" }
-                                ids[b + j] = ids[prev + Int(m)]
                             }
                         }
-                        prev = b
                     }
-                    return nil
                 }
-                if let err { return err }
-                r0 += n
             }
+            if let err { return err }
+            r0 += n
         }
         return nil
     }

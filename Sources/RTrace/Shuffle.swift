@@ -23,9 +23,22 @@ enum Shuffle {
         var out = [UInt8](repeating: 0, count: input.count)
         input.withUnsafeBufferPointer { src in
             out.withUnsafeMutableBufferPointer { dst in
-                for b in 0..<width {
-                    let base = b * n
-                    for i in 0..<n { dst[i * width + b] = src[base + i] }
+                let raw = UnsafeMutableRawPointer(dst.baseAddress!)
+                switch width {
+                case 2:  // bf16/f16: one 16-bit store per value
+                    let o = raw.assumingMemoryBound(to: UInt16.self)
+                    for i in 0..<n { o[i] = (UInt16(src[i]) | UInt16(src[n &+ i]) << 8).littleEndian }
+                case 4:
+                    let o = raw.assumingMemoryBound(to: UInt32.self)
+                    for i in 0..<n {
+                        let v = UInt32(src[i]) | UInt32(src[n &+ i]) << 8 | UInt32(src[2 &* n &+ i]) << 16 | UInt32(src[3 &* n &+ i]) << 24
+                        o[i] = v.littleEndian
+                    }
+                default:
+                    for b in 0..<width {
+                        let base = b * n
+                        for i in 0..<n { dst[i * width + b] = src[base + i] }
+                    }
                 }
             }
         }

@@ -51,7 +51,7 @@ public enum TraceChecker {
             return report
         }
         let writer = try salvage.map { try TraceWriter(path: $0, header: header) }
-        let decoder = ChunkDecoder(header: header)
+        let decoder = ChunkDecoder(header: header, checkIDs: true)
         var state = Assembly(header: header)
         let log = IssueLog(limit: maxIssues)
         let issue = log.add
@@ -60,6 +60,29 @@ public enum TraceChecker {
         var allZero = [Bool](repeating: true, count: header.model.moeLayers)
         var anyPresent = [Bool](repeating: false, count: header.model.moeLayers)
         let size = source.size
+        // Intact frames wait here and are decoded a window at a time on every core, then checked in file order.
+        var pending: [(offset: Int, frame: [UInt8])] = []
+        let window = max(1, min(ProcessInfoCores.count, 8) * 2)
+        func drain() throws {
+            let results = decoder.decodeConcurrently(pending.map(\.frame), threads: min(ProcessInfoCores.count, 8))
+            for ((at, _), result) in zip(pending, results) {
+                do {
+                    let d = try result.get()
+                    for id in d.unknownColumns { issue(.warning, at, nil, "skipped unknown extension column #\(id)") }
+                    try state.add(d, at: at, log) { rec, clean in
+                        // Records the workers found clean skip the slow path, which names each problem.
+                        if !clean { validate(rec, header, at, &allZero, &anyPresent, issue) }
+                        try writer?.append(rec)
+                    }
+                } catch {
+                    guard let e = error as? TraceError, e.kind != .io else { throw error }
+                    issue(.error, at + (e.offset ?? 0), nil, "chunk at \(at): \(e.message)")
+                    report.badChunks += 1
+                    state.damage(log, at: at)
+                }
+            }
+            pending.removeAll(keepingCapacity: true)
+        }
 
         func readAt(_ off: Int, _ n: Int) throws -> [UInt8] {
             if size != nil { return try source.read(at: off, count: n) }
@@ -89,10 +112,13 @@ public enum TraceChecker {
 
         scan: while true {
             if let size, pos >= size {
+                try drain()
                 issue(.error, pos, nil, "file ends after \(pos) bytes without index and trailer: truncated or still being written")
                 break
             }
             let magic = try readAt(pos, 4)
+            // Every chunk before `pos` is checked before anything at `pos` is reported.
+            if magic != Array("RTCK".utf8) { try drain() }
             if magic.isEmpty {
                 issue(.error, pos, nil, "input ends after \(pos) bytes without index and trailer: truncated or still being written")
                 break
@@ -131,6 +157,7 @@ public enum TraceChecker {
             let fixed = magic + (try readAt(pos + 4, 20))
             let parsed = try parseChunkHeader(fixed, at: pos, readAt)
             if case .failure(let why) = parsed {
+                try drain()
                 issue(.error, why.offset, nil, why.message)
                 report.badChunks += 1
                 state.damage(log, at: pos)
@@ -139,6 +166,7 @@ public enum TraceChecker {
             }
             guard case .success(let (ch, headerBytes)) = parsed else { break }
             if let size, pos + ch.frameLength > size {
+                try drain()
                 issue(.error, pos, nil, "chunk needs \(ch.frameLength) bytes but the file ends \(size - pos) bytes after its start: truncated")
                 report.badChunks += 1
                 state.damage(log, at: pos)
@@ -147,6 +175,7 @@ public enum TraceChecker {
             // parseChunkHeader read the whole header (a pipe cannot read it again): read the payload after it.
             let frame = headerBytes + (try readAt(pos + ch.headerLength, ch.payloadLength))
             guard frame.count == ch.frameLength else {
+                try drain()
                 issue(.error, pos, nil, "input ends inside a chunk: truncated")
                 report.badChunks += 1
                 state.damage(log, at: pos)
@@ -154,22 +183,16 @@ public enum TraceChecker {
             }
             report.chunks += 1
             chunkOffsets.append(pos)
-            do {
-                let d = try decoder.decode(frame: frame)
-                for id in d.unknownColumns { issue(.warning, pos, nil, "skipped unknown extension column #\(id)") }
-                try state.add(d, at: pos, log) { rec in
-                    validate(rec, header, pos, &allZero, &anyPresent, issue)
-                    try writer?.append(rec)
-                }
-            } catch {
-                guard let e = error as? TraceError, e.kind != .io else { throw error }
-                issue(.error, pos + (e.offset ?? 0), nil, "chunk at \(pos): \(e.message)")
-                report.badChunks += 1
-                state.damage(log, at: pos)
-            }
+            pending.append((pos, frame))
+            if pending.count >= window { try drain() }
             pos += ch.frameLength
         }
+        try drain()
         state.finish(log)
+        for l in 0..<header.model.moeLayers where state.layerPresent[l] {
+            anyPresent[l] = true
+            if state.layerOr[l] != 0 { allZero[l] = false }
+        }
         for (l, z) in allZero.enumerated() where z && anyPresent[l] && header.model.numExperts > 1 {
             issue(.error, nil, nil, "MoE layer \(header.model.layerMap[l]): every expert id is 0 — the routing of this layer was never captured")
         }
@@ -236,6 +259,41 @@ public enum TraceChecker {
         }
     }
 
+    /// The common case, checked by the decoding workers: every (row, layer) of `rows` rows wholly
+    /// present or wholly missing, ids below `E`, no expert twice. Per layer, whether any row is
+    /// present and the OR of its ids (zero means every id is 0: a capture that never happened).
+    static func idCheck(_ ids: UnsafeBufferPointer<UInt16>, rows: Int, L: Int, k: Int, E: Int) -> IDCheck {
+        var c = IDCheck(clean: true, layerOr: [UInt16](repeating: 0, count: L), layerPresent: [Bool](repeating: false, count: L))
+        var seen = [UInt64](repeating: 0, count: (E + 63) / 64)
+        c.clean = seen.withUnsafeMutableBufferPointer { seen in
+            var b = 0
+            for _ in 0..<rows {
+                for l in 0..<L {
+                    defer { b += k }
+                    if ids[b] == TraceRecord.missing {
+                        for j in 1..<max(k, 1) where ids[b + j] != TraceRecord.missing { return false }
+                        continue
+                    }
+                    c.layerPresent[l] = true
+                    var or: UInt16 = 0, dup: UInt64 = 0, high = 0
+                    for j in 0..<k {
+                        let e = Int(ids[b &+ j])
+                        high |= (E &- 1 &- e) >> 63  // 1 when e ≥ E
+                        let w = min(e, E &- 1) >> 6, bit: UInt64 = 1 << UInt64(e & 63)
+                        dup |= seen[w] & bit
+                        seen[w] |= bit
+                        or |= UInt16(e)
+                    }
+                    for j in 0..<k { seen[min(Int(ids[b &+ j]), E &- 1) >> 6] = 0 }
+                    if dup != 0 || high != 0 { return false }
+                    c.layerOr[l] |= or
+                }
+            }
+            return true
+        }
+        return c
+    }
+
     /// Record assembly that survives damage: records touching a bad chunk are counted as lost.
     struct Assembly {
         let header: TraceHeader
@@ -246,8 +304,15 @@ public enum TraceChecker {
         var emitted = 0
         var rows = 0
         var partial: (meta: RecordMeta, ordinal: UInt64, pieces: [DecodedPiece], rows: Int)? = nil
+        /// Per MoE layer, over the clean records emitted: any row present, and the OR of the ids.
+        var layerPresent: [Bool]
+        var layerOr: [UInt16]
 
-        init(header: TraceHeader) { self.header = header }
+        init(header: TraceHeader) {
+            self.header = header
+            layerPresent = [Bool](repeating: false, count: header.model.moeLayers)
+            layerOr = [UInt16](repeating: 0, count: header.model.moeLayers)
+        }
 
         mutating func damage(_ log: IssueLog, at: Int) {
             let issue = log.add
@@ -262,7 +327,7 @@ public enum TraceChecker {
         }
 
         mutating func add(
-            _ d: DecodedChunk, at off: Int, _ log: IssueLog, _ emit: (TraceRecord) throws -> Void
+            _ d: DecodedChunk, at off: Int, _ log: IssueLog, _ emit: (TraceRecord, _ clean: Bool) throws -> Void
         ) throws {
             let issue = log.add
             let assembler = RecordAssembler(header: header, file: "")
@@ -316,7 +381,16 @@ public enum TraceChecker {
                     }
                     emitted += 1
                     rows += part.rows
-                    try emit(assembler.makeRecord(part.meta, part.pieces))
+                    let clean = part.pieces.allSatisfy { $0.idCheck?.clean == true }
+                    if clean {
+                        for c in part.pieces.compactMap(\.idCheck) {
+                            for l in 0..<c.layerOr.count {
+                                layerOr[l] |= c.layerOr[l]
+                                layerPresent[l] = layerPresent[l] || c.layerPresent[l]
+                            }
+                        }
+                    }
+                    try emit(assembler.makeRecord(part.meta, part.pieces), clean)
                 }
             }
         }

@@ -244,23 +244,11 @@ public final class TraceReader {
 
     /// Decodes frames concurrently; the first error (in file order) is thrown.
     func decodeBatch(_ batch: [(Int, [UInt8])]) throws(TraceError) -> [DecodedChunk] {
-        let dec = ChunkDecoder(header: header)
-        let slots = SendableBuffer<Result<DecodedChunk, TraceError>?>(count: batch.count, initial: nil)
-        defer { slots.free() }
-        let results = slots.buffer
-        let run: @Sendable (Int) -> Void = { i in
-            let results = slots.buffer
-            do { results[i] = .success(try dec.decode(frame: batch[i].1)) } catch { results[i] = .failure(error as! TraceError) }
-        }
-        if batch.count > 1 && threads > 1 {
-            DispatchQueue.concurrentPerform(iterations: batch.count) { run($0) }
-        } else {
-            for i in 0..<batch.count { run(i) }
-        }
+        let results = ChunkDecoder(header: header).decodeConcurrently(batch.map(\.1), threads: threads)
         var out: [DecodedChunk] = []
         out.reserveCapacity(batch.count)
-        for i in 0..<batch.count {
-            switch results[i]! {
+        for (i, r) in results.enumerated() {
+            switch r {
             case .success(let d): out.append(d)
             case .failure(let e): throw e.shifted(by: batch[i].0).inFile(source.name)
             }
@@ -347,7 +335,8 @@ public struct TraceSummary: Sendable {
 
 extension TraceReader {
     /// Counts (from the index when complete, else from one decoding pass, which also works on a pipe)
-    /// and every chunk header.
+    /// and every chunk header. A truncated input is summarised up to its last complete chunk, with
+    /// ``incompleteReason`` saying where it ends; other damage throws.
     public func summary() throws -> TraceSummary {
         var s = TraceSummary()
         if let ix = index {
@@ -355,12 +344,17 @@ extension TraceReader {
             s.sequences = ix.records.count; s.rows = ix.totalRows; s.tokens = ix.totalTokens
             return s
         }
-        try forEachChunk { off, d in
-            s.chunks.append((off, d.header))
-            for p in d.pieces {
-                s.rows += p.piece.rowCount
-                if let m = p.meta { s.sequences += 1; s.tokens += m.tokenCount }
+        do {
+            try forEachChunk { off, d in
+                s.chunks.append((off, d.header))
+                for p in d.pieces {
+                    s.rows += p.piece.rowCount
+                    if let m = p.meta { s.sequences += 1; s.tokens += m.tokenCount }
+                }
             }
+        } catch let e as TraceError where e.kind == .truncated {
+            // A truncated or unfinished file: report what its complete chunks hold.
+            incompleteReason = e.description
         }
         return s
     }

@@ -1,21 +1,7 @@
+import RTraceTestSupport
 import Foundation
 import RTrace
 @testable import RTraceAnalysis
-
-/// Deterministic pseudo-random numbers (SplitMix64).
-struct RNG {
-    var state: UInt64
-    init(_ seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func int(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    mutating func unit() -> Double { Double(next() >> 11) / Double(1 << 53) }
-}
 
 /// A fresh temporary directory.
 func tempDir(_ tag: String = #function) -> String {
@@ -42,7 +28,7 @@ func write(_ path: String, _ h: TraceHeader, _ recs: [TraceRecord], chunkBytes: 
 /// perturbs weights, logits and logprobs; some rows are missing on either side; B may start later.
 func generatePair(_ g: ModelGeometry, sequences: Int, seed: UInt64, maxRows: Int = 40, flip: Double = 0.15,
                   dtype: FloatDType = .f32) -> (a: [TraceRecord], b: [TraceRecord]) {
-    var rng = RNG(seed)
+    var rng = TestRNG(seed)
     let L = g.moeLayers, k = g.topK, E = g.numExperts
     var A: [TraceRecord] = [], B: [TraceRecord] = []
     for s in 0..<sequences {

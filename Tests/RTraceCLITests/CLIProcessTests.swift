@@ -1,20 +1,8 @@
 import Foundation
 import RTrace
+import RTraceTestSupport
 import Testing
 
-/// The repository root (samples live there).
-let repoRoot: String = {
-    var u = URL(fileURLWithPath: #filePath)
-    for _ in 0..<3 { u.deleteLastPathComponent() }
-    return u.path
-}()
-
-/// The built `rtrace` executable: `RTRACE_BIN`, else the one beside this test bundle.
-let rtraceBinary: String = {
-    if let p = ProcessInfo.processInfo.environment["RTRACE_BIN"], !p.isEmpty { return p }
-    let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    return dir.appendingPathComponent("rtrace").path
-}()
 
 /// What a finished process printed and returned.
 struct ProcessResult {
@@ -57,11 +45,6 @@ final class SendableBox<T>: @unchecked Sendable {
     }
 }
 
-func tempFile(_ name: String) -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rtrace-cli-\(getpid())")
-    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    return dir.appendingPathComponent(name).path
-}
 
 let realSample = "samples/qwen3moe-L6-E32-k4"
 
@@ -84,7 +67,7 @@ struct CLIProcessTests {
 
     @Test("import | export through pipes gives back every npz array bit-exactly")
     func pipeRoundTrip() throws {
-        let out = tempFile("roundtrip.npz")
+        let out = tempPath("cli-roundtrip.npz")
         let r = try shell("cat samples/synthetic-E300-dense.npz | $RT import --from npz - -o - --engine synthetic --num-layers 8 --layer-map 2-7 --num-experts 300 --chunk-bytes 1024 | $RT export --to npz - -o \(out)")
         #expect(r.status == 0, "\(r.stderr)")
         let got = try Npz.read(path: out)
@@ -123,7 +106,7 @@ struct CLIProcessTests {
         #expect(clean.status == 0, "\(clean.stderr)")
 
         let src = try Data(contentsOf: URL(fileURLWithPath: "\(repoRoot)/samples/synthetic-E300-dense.rtrace"))
-        let cut = tempFile("cut.rtrace"), salvaged = tempFile("salvaged.rtrace")
+        let cut = tempPath("cli-cut.rtrace"), salvaged = tempPath("cli-salvaged.rtrace")
         try src.prefix(src.count * 2 / 3).write(to: URL(fileURLWithPath: cut))
         let bad = try shell("$RT check \(cut) --salvage \(salvaged)")
         #expect(bad.status == 1)
@@ -136,6 +119,50 @@ struct CLIProcessTests {
         for r in recovered {
             #expect(original.contains(r), "salvaged record \(r.uid) differs from the original")
         }
+    }
+
+    @Test("info on a truncated file shows what its complete chunks hold and where it ends")
+    func infoTruncated() throws {
+        let src = try Data(contentsOf: URL(fileURLWithPath: "\(repoRoot)/samples/synthetic-E300-dense.rtrace"))
+        let cut = tempPath("cli-info-cut.rtrace")
+        try src.prefix(src.count * 2 / 3).write(to: URL(fileURLWithPath: cut))
+        let r = try shell("$RT info --json \(cut)")
+        #expect(r.status == 0, "\(r.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: r.stdout) as? [String: Any])
+        #expect(json["complete"] as? Bool == false)
+        let why = try #require(json["incomplete_reason"] as? String)
+        #expect(why.contains("offset"), "\(why)")
+        let chunks = try #require(json["chunks"] as? Int)
+        #expect(chunks > 0 && chunks < 8)  // the sample has 8 chunks; only complete ones are counted
+        let text = try shell("$RT info \(cut)")
+        #expect(text.text.contains("INCOMPLETE"))
+    }
+
+    @Test("import --from sglang reads JSON lines from a pipe; a bad line is named")
+    func importSGLangPipe() throws {
+        // Two responses of 3 tokens (2 rows) for a 2-layer, top-2 model, ids base64 int32.
+        func b64(_ v: [Int32]) -> String { Data(v.flatMap { x in (0..<4).map { UInt8(truncatingIfNeeded: x >> (8 * $0)) } }).base64EncodedString() }
+        let lines = [
+            #"{"input_ids":[1,2],"output_ids":[3],"meta_info":{"id":"a","routed_experts":"\#(b64([0, 1, 2, 3, 1, 0, 3, 2]))"}}"#,
+            #"{"input_ids":[1],"output_ids":[5,6],"meta_info":{"id":"b","routed_experts":"\#(b64([4, 5, 6, 7, 5, 4, 7, 6]))"}}"#,
+        ]
+        let input = tempPath("cli-sg.jsonl")
+        try (lines.joined(separator: "\n") + "\n").write(toFile: input, atomically: true, encoding: .utf8)
+        let r = try shell("cat \(input) | $RT import --from sglang - --num-layers 2 --num-experts 8 --top-k 2 -o - | $RT view - --format jsonl")
+        #expect(r.status == 0, "\(r.stderr)")
+        let recs = r.text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(recs.map { $0["uid"] as? String } == ["a", "b"])
+        #expect(recs[1]["prompt_len"] as? Int == 1)
+        #expect(recs[1]["topk_ids"] as? [[[Int]]] == [[[4, 5], [6, 7]], [[5, 4], [7, 6]]])
+
+        let bad = tempPath("cli-sg-bad.jsonl")
+        try (lines[0] + "\n{not json\n").write(toFile: bad, atomically: true, encoding: .utf8)
+        let e = try shell("$RT import --from sglang \(bad) --num-layers 2 --num-experts 8 --top-k 2 -o /dev/null")
+        #expect(e.status == 1)
+        #expect(e.stderr.contains("sg-bad.jsonl") && e.stderr.contains("line 2"), "\(e.stderr)")
+        let noGeometry = try shell("$RT import --from sglang \(input) -o /dev/null")
+        #expect(noGeometry.status == 64)
+        #expect(noGeometry.stderr.contains("--num-experts"))
     }
 
     @Test("errors name the file; bad arguments exit 64")

@@ -1,3 +1,4 @@
+import RTraceTestSupport
 import Foundation
 import Testing
 @testable import RTrace

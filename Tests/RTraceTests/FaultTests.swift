@@ -1,17 +1,11 @@
 import Foundation
+import RTraceTestSupport
 import Testing
 @testable import RTrace
 
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// The built `rtrace` executable: `RTRACE_BIN`, else the one beside this test bundle.
-let faultRTraceBinary: String = {
-    if let p = ProcessInfo.processInfo.environment["RTRACE_BIN"], !p.isEmpty { return p }
-    let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-    return dir.appendingPathComponent("rtrace").path
-}()
 
 /// The error an operation threw, as a TraceError (nil when it succeeded; a failed test when it threw something else).
 func traceError(_ body: () throws -> Void) -> TraceError? {
@@ -90,13 +84,13 @@ func fileHeader(json: [UInt8], major: UInt16 = 1) -> [UInt8] {
     // MARK: Killed writers
 
     /// `rtrace import` killed with SIGKILL at random points: every chunk complete on disk is recovered in full.
-    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: faultRTraceBinary)))
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: rtraceBinary)))
     func sigkillAtRandomPointsLosesOnlyTheUnfinishedChunk() throws {
         let npz = "\(repoRoot)/samples/qwen3moe-L6-E32-k4/train_fp32.npz"
         let args = ["import", "--from", "npz", npz, "--engine", "t", "--role", "train", "--chunk-bytes", "3000", "-o"]
         // The reference: the same import, left to finish.
         let refPath = tempPath("kill-ref.rtrace")
-        let ref = try Process.run(URL(fileURLWithPath: faultRTraceBinary), arguments: args + [refPath])
+        let ref = try Process.run(URL(fileURLWithPath: rtraceBinary), arguments: args + [refPath])
         ref.waitUntilExit()
         #expect(ref.terminationStatus == 0)
         let refBytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: refPath)))
@@ -111,7 +105,7 @@ func fileHeader(json: [UInt8], major: UInt16 = 1) -> [UInt8] {
             let threshold = trial == 11 ? 0 : Int.random(in: refReader.dataStart..<refBytes.count, using: &rng)
             let path = tempPath("killed-\(trial).rtrace")
             try? FileManager.default.removeItem(atPath: path)
-            let p = try Process.run(URL(fileURLWithPath: faultRTraceBinary), arguments: args + [path])
+            let p = try Process.run(URL(fileURLWithPath: rtraceBinary), arguments: args + [path])
             var st = stat()
             let deadline = Date().addingTimeInterval(60)
             while p.isRunning && Date() < deadline {
@@ -176,10 +170,10 @@ func fileHeader(json: [UInt8], major: UInt16 = 1) -> [UInt8] {
     }
 
     /// The CLI reports a full disk with the file name and exits non-zero.
-    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: faultRTraceBinary)))
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: rtraceBinary)))
     func cliFullDisk() throws {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: faultRTraceBinary)
+        p.executableURL = URL(fileURLWithPath: rtraceBinary)
         p.arguments = ["import", "--from", "npz", "\(repoRoot)/samples/synthetic-E300-dense.npz", "--num-experts", "300", "-o", "/dev/full"]
         let err = Pipe()
         p.standardError = err
@@ -353,12 +347,12 @@ func fileHeader(json: [UInt8], major: UInt16 = 1) -> [UInt8] {
     }
 
     /// Files given together with different geometry: the error names both files and the field.
-    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: faultRTraceBinary)))
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: rtraceBinary)))
     func wrongGeometryBetweenFiles() throws {
         let a = "\(repoRoot)/samples/qwen3moe-L6-E32-k4/rollout.rtrace"
         let b = "\(repoRoot)/samples/synthetic-E300-dense.rtrace"
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: faultRTraceBinary)
+        p.executableURL = URL(fileURLWithPath: rtraceBinary)
         p.arguments = ["diff", a, b]
         let err = Pipe()
         p.standardError = err

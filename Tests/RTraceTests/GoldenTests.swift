@@ -1,13 +1,9 @@
+import RTraceTestSupport
 import Foundation
 import Testing
 @testable import RTrace
 
 /// The repository root, found from this file's path (tests read `samples/`).
-let repoRoot: String = {
-    var u = URL(fileURLWithPath: #filePath)
-    for _ in 0..<3 { u.deleteLastPathComponent() }
-    return u.path
-}()
 
 let goldenPairs = [
     "samples/qwen3moe-L6-E32-k4/rollout",

@@ -1,21 +1,8 @@
 import Foundation
 import Testing
 @testable import RTrace
+import RTraceTestSupport
 
-/// Deterministic pseudo-random numbers for generated traces (SplitMix64).
-struct TestRNG {
-    var state: UInt64
-    init(_ seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func int(_ n: Int) -> Int { Int(next() % UInt64(n)) }
-    mutating func float() -> Float { Float(next() >> 40) / Float(1 << 24) }
-}
 
 /// A trace with every optional column, dense layers in the layer map, missing rows and long records.
 func makeRecords(_ h: TraceHeader, count: Int, seed: UInt64, maxRows: Int = 300) -> [TraceRecord] {
@@ -55,11 +42,6 @@ func makeRecords(_ h: TraceHeader, count: Int, seed: UInt64, maxRows: Int = 300)
     }
 }
 
-func tempPath(_ name: String) -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("rtrace-tests-\(getpid())")
-    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    return dir.appendingPathComponent(name).path
-}
 
 func fullHeader(experts: Int = 40, weights: FloatDType? = .bf16, logits: FloatDType? = .f16) -> TraceHeader {
     TraceHeader(

@@ -1,6 +1,7 @@
 """Constants and low-level helpers of the .rtrace format (spec/format.md)."""
 from __future__ import annotations
 
+import os
 import zlib
 
 import numpy as np
@@ -226,3 +227,17 @@ def float_to_bf16_bits(a: np.ndarray) -> np.ndarray:
 def bf16_bits_to_float(a: np.ndarray) -> np.ndarray:
     """bf16 bit patterns (uint16) -> float32."""
     return (np.asarray(a, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+_POOLS: dict = {}
+
+
+def thread_pool(name: str, workers: int | None = None):
+    """A process-wide thread pool per purpose (zlib and numpy release the GIL), made on first use;
+    `workers` defaults to the cores, at most 4."""
+    pool = _POOLS.get(name)
+    if pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+        n = workers if workers is not None else max(1, min(4, os.cpu_count() or 1))
+        pool = _POOLS[name] = ThreadPoolExecutor(max_workers=n, thread_name_prefix=name)
+    return pool

@@ -642,27 +642,14 @@ class _ChunkData:
         return pc, entries, tokens, logprobs, ids, weights, logits
 
 
-_POOL = None
-_DECODE_POOL = None
-
-
 def _decode_pool():
     """One thread that decodes the next chunk while the caller consumes the current one. It waits
     on inflate jobs of _pool(), which never wait on anything: no deadlock."""
-    global _DECODE_POOL
-    if _DECODE_POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _DECODE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtrace-decode")
-    return _DECODE_POOL
+    return F.thread_pool("rtrace-decode", 1)
 
 
 def _pool():
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
-                                   thread_name_prefix="rtrace-inflate")
-    return _POOL
+    return F.thread_pool("rtrace-inflate")
 
 
 class _Assembler:

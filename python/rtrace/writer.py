@@ -409,16 +409,8 @@ class Writer:
         self._sink.close()
 
 
-_POOL = None
-
-
 def _pool():
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
-                                   thread_name_prefix="rtrace-deflate")
-    return _POOL
+    return F.thread_pool("rtrace-deflate")
 
 
 def _torch_to_numpy(t, dname):

@@ -139,3 +139,46 @@ def test_golden_swift_files(path):
     for rec in recs:
         g = r.get(rec.uid)
         assert g.uid == rec.uid and np.array_equal(g.topk_ids, rec.topk_ids)
+
+
+@need_bin
+def test_swift_engine_importers_match_python_adapters(tmp_path, sample):
+    """The same SGLang / vLLM / NeMo RL dumps through `rtrace import --from …` (Swift) and through
+    rtrace.adapters + rtrace.Writer (Python) give the same records."""
+    import base64
+    from rtrace import adapters as A
+    geo = ["--num-layers", "6", "--num-experts", "32", "--top-k", "4"]
+    ids, toks = sample["topk_ids"], sample["tokens"]
+
+    def both(name, lines, py_records):
+        src = tmp_path / f"{name}.jsonl"
+        src.write_text("".join((l if isinstance(l, str) else json.dumps(l)) + "\n" for l in lines))
+        run("import", "--from", name, src, *geo, "-o", tmp_path / f"{name}.swift.rtrace")
+        with rtrace.Writer(tmp_path / f"{name}.py.rtrace", model=MODEL, engine=ENGINE) as w:
+            for d in py_records:
+                w.add(**d)
+        sw = list(rtrace.Reader(tmp_path / f"{name}.swift.rtrace"))
+        py = list(rtrace.Reader(tmp_path / f"{name}.py.rtrace"))
+        assert [r.uid for r in sw] == [r.uid for r in py]
+        for a, b in zip(sw, py):
+            assert np.array_equal(a.topk_ids, b.topk_ids), a.uid
+            assert a.tokens.tolist() == b.tokens.tolist() and a.prompt_len == b.prompt_len and a.start == b.start
+        return sw
+
+    sg = [{"input_ids": toks[i][:48].tolist(), "output_ids": toks[i][48:].tolist(),
+           "meta_info": {"id": f"r{i}", "prompt_tokens": 48, "completion_tokens": len(toks[i]) - 48,
+                         "routed_experts": base64.b64encode(ids[i].astype("<i4").tobytes()).decode()}} for i in range(3)]
+    assert len(both("sglang", sg, [A.sglang(r, MODEL) for r in sg])) == 3
+
+    pre = ids[0][:48].astype(np.int16)
+    pre[:5] = -1                                                   # prefix-cached prompt rows
+    vl = [{"request_id": "q", "prompt_token_ids": toks[0][:48].tolist(), "prompt_routed_experts": pre.tolist(),
+           "outputs": [{"index": j, "token_ids": toks[j][48:].tolist(), "routed_experts": ids[j][48:].tolist()}
+                       for j in range(2)]}]
+    got = both("vllm", vl, A.vllm(vl[0], MODEL))
+    assert [r.uid for r in got] == ["q/0", "q/1"]
+
+    wires = [f"nrlre1:int16:{ids[i].shape[0]}x6x4:" + base64.b64encode(ids[i].astype("<i2").tobytes()).decode()
+             for i in range(2)]
+    both("nemo", [{"routed_experts": w, "uid": f"n{i}"} for i, w in enumerate(wires)],
+         [A.nemo_rl(w, MODEL, uid=f"n{i}") for i, w in enumerate(wires)])
