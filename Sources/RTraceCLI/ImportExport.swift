@@ -155,6 +155,7 @@ struct Export: ParsableCommand {
             let r = try TraceReader(path: input)
             let records = try r.readAll()
             try Npz.write(NpzConversion.makeArrays(header: r.header, records: records), path: output, compress: compress)
+            for n in r.notices { note("rtrace: notice: \(n)") }
         }
     }
 }

@@ -60,6 +60,7 @@ struct View: ParsableCommand {
                 try r.forEachRecord { rec in if want.isEmpty || want.contains(rec.uid) { try emit(rec) } }
             }
             try out.flush()
+            for n in r.notices { note("rtrace: notice: \(n)") }
         }
     }
 
