@@ -40,6 +40,8 @@ demo: build
 	@if $(BIN) help diff >/dev/null 2>&1; then \
 	  echo "== rollout vs training routing =="; $(BIN) diff /tmp/rtrace-demo-rollout.rtrace /tmp/rtrace-demo-train.rtrace --top 3; \
 	  echo "== expert load of the rollout =="; $(BIN) stats /tmp/rtrace-demo-rollout.rtrace; fi
+	@echo "== the same as pictures: open /tmp/rtrace-demo-report.html in a browser =="
+	$(BIN) report /tmp/rtrace-demo-rollout.rtrace /tmp/rtrace-demo-train.rtrace -o /tmp/rtrace-demo-report.html
 
 bench: deps release
 	$(PYTHON) bench/format_bench.py --rtrace $(RELEASE)
