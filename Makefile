@@ -45,8 +45,8 @@ demo: build
 
 bench: deps release
 	$(PYTHON) bench/format_bench.py --rtrace $(RELEASE)
-	@if [ -f bench/diff_stats/run.sh ]; then bash bench/diff_stats/run.sh; fi
-	@if [ -f python/bench_python.py ]; then PYTHONPATH=python $(PYTHON) python/bench_python.py; fi
+	$(PYTHON) bench/diff_stats/bench.py --rtrace $(RELEASE)
+	RTRACE_BIN=$(RELEASE) PYTHONPATH=python $(PYTHON) python/bench_python.py
 
 experiment: deps
 	@if [ -f bench/replay/experiment.sh ]; then bash bench/replay/experiment.sh; else echo "replay-train is not built yet"; exit 1; fi
