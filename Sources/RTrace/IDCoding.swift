@@ -116,98 +116,107 @@ extension IDCoding {
     /// Decodes ID_SLOTS and ID_NEW into the pieces' row-major ids. Returns an error message, or nil.
     ///
     /// The caller has checked the column lengths: `slots` holds `k` codes per present (layer, row) and
-    /// `fresh` one id per new-marker code. The columns are layer-major and the output row-major, so
-    /// the loop walks rows and keeps one read cursor per layer: every write is sequential.
+    /// `fresh` one id per new-marker code (plus two bytes of padding, read but never used). The
+    /// columns are layer-major and the output row-major, so the loop keeps one read cursor per layer
+    /// and walks blocks of rows (``decodePiece``).
     static func decode(
         slots: [UInt8], fresh: [UInt8], width: IDWidth, missing: [UInt8]?, pieces: inout [DecodedPiece],
         layers L: Int, topK k: Int, chunkRows R: Int, starts: LayerStarts
     ) -> String? {
-        let w = width.size, wide = w == 2, shift = wide ? 1 : 0
+        let w = width.size
         precondition(slots.count == starts.presentBefore[L] * k && fresh.count == starts.newBefore[L] * w + 2)
-        var slotAt = (0..<L).map { starts.presentBefore[$0] * k }, freshAt = (0..<L).map { starts.newBefore[$0] * w }
-        var prev = [Int](repeating: -1, count: L)
+        // Per layer: the next ID_SLOTS code, the next ID_NEW byte, the previous present row's base (-1: none).
+        var cursors = Cursors(
+            slot: (0..<L).map { starts.presentBefore[$0] * k }, fresh: (0..<L).map { starts.newBefore[$0] * w },
+            prev: [Int](repeating: -1, count: L))
         var r0 = 0
         for i in pieces.indices {
             let n = pieces[i].piece.rowCount
-            let err: String? = slots.withUnsafeBufferPointer { sp in
+            for l in 0..<L { cursors.prev[l] = -1 }
+            let err = slots.withUnsafeBufferPointer { sp in
                 fresh.withUnsafeBufferPointer { fp in
-                    slotAt.withUnsafeMutableBufferPointer { slotAt in
-                        freshAt.withUnsafeMutableBufferPointer { freshAt in
-                            prev.withUnsafeMutableBufferPointer { prev in
-                                pieces[i].ids.withUnsafeMutableBufferPointer { ids -> String? in
-                                    for l in 0..<L { prev[l] = -1 }
-                                    // Blocks of 32 rows × groups of 8 layers: each layer's codes are
-                                    // read in short sequential runs, the block's output stays in L1,
-                                    // and consecutive steps belong to different layers, so the
-                                    // row-to-row dependency of reused ids does not serialise the loop.
-                                    var blockStart = 0
-                                    while blockStart < n {
-                                    let blockEnd = min(n, blockStart &+ 32)
-                                    defer { blockStart = blockEnd }
-                                    var groupStart = 0
-                                    while groupStart < L {
-                                    let groupEnd = min(L, groupStart &+ 8)
-                                    defer { groupStart = groupEnd }
-                                    for r in blockStart..<blockEnd {
-                                        for l in groupStart..<groupEnd {
-                                            let b = (r &* L &+ l) &* k
-                                            if let missing {
-                                                let bit = l * R + r0 + r
-                                                if missing[bit >> 3] & (1 << UInt8(bit & 7)) != 0 { continue }
-                                            }
-                                            var s = slotAt[l], f = freshAt[l]
-                                            let p = prev[l]
-                                            if p >= 0 {
-                                                // Branch-free: new and reused ids are about equally common.
-                                                // Integer arithmetic instead of conditions, so that the
-                                                // compiler emits no branch on the unpredictable codes.
-                                                // The ID_NEW position of slot j is f plus the new codes
-                                                // before it: no chain of dependent loads through f.
-                                                var bad = 0, count = 0
-                                                for j in 0..<k {
-                                                    let m = Int(sp[s &+ j])
-                                                    let isNew = (m &+ 1) >> 8  // 1 for the new marker 0xFF, else 0
-                                                    let select = UInt16(truncatingIfNeeded: 0 &- isNew)
-                                                    let reused = ids[p &+ min(m, k &- 1)]
-                                                    let q = f &+ (count << shift)
-                                                    let fresh = wide ? UInt16(fp[q]) | UInt16(fp[q &+ 1]) << 8 : UInt16(fp[q])
-                                                    ids[b &+ j] = (fresh & select) | (reused & ~select)
-                                                    count &+= isNew
-                                                    bad |= ((k &- 1 &- m) >> 63) & (1 &- isNew)  // a reuse code ≥ top_k
-                                                }
-                                                f &+= count << shift
-                                                s &+= k
-                                                if bad != 0 {
-                                                    let m = (0..<k).map { sp[s - k + $0] }.first { $0 != newMarker && Int($0) >= k }!
-                                                    return "slot code \(m) at layer \(l), chunk row \(r0 + r) is not below top_k \(k)"
-                                                }
-                                            } else {
-                                                for j in 0..<k {
-                                                    let m = sp[s]
-                                                    s &+= 1
-                                                    guard m == newMarker else {
-                                                        return "slot code \(m) at layer \(l), chunk row \(r0 + r) refers to a previous row the piece does not have"
-                                                    }
-                                                    ids[b + j] = w == 1 ? UInt16(fp[f]) : UInt16(fp[f]) | UInt16(fp[f + 1]) << 8
-                                                    f &+= w
-                                                }
-                                            }
-                                            slotAt[l] = s
-                                            freshAt[l] = f
-                                            prev[l] = b
-                                        }
-                                    }
-                                    }
-                                    }
-                                    return nil
-                                }
-                            }
-                        }
+                    pieces[i].ids.withUnsafeMutableBufferPointer { ids in
+                        decodePiece(sp, fp, ids, &cursors, rows: n, firstChunkRow: r0, missing: missing,
+                                    layers: L, topK: k, chunkRows: R, wide: w == 2)
                     }
                 }
             }
             if let err { return err }
             r0 += n
+        }
+        return nil
+    }
+
+    /// Where each layer's decoding stands, carried from piece to piece.
+    struct Cursors {
+        var slot: [Int]
+        var fresh: [Int]
+        var prev: [Int]
+    }
+
+    /// Decodes one piece's `rows` rows into `ids` (row-major), advancing the per-layer cursors.
+    ///
+    /// Blocks of 32 rows × groups of 8 layers: each layer's codes are read in short sequential runs,
+    /// the block's output stays in L1, and consecutive steps belong to different layers, so the
+    /// row-to-row dependency of reused ids does not serialise the loop.
+    private static func decodePiece(
+        _ sp: UnsafeBufferPointer<UInt8>, _ fp: UnsafeBufferPointer<UInt8>, _ ids: UnsafeMutableBufferPointer<UInt16>,
+        _ c: inout Cursors, rows n: Int, firstChunkRow r0: Int, missing: [UInt8]?,
+        layers L: Int, topK k: Int, chunkRows R: Int, wide: Bool
+    ) -> String? {
+        let w = wide ? 2 : 1, shift = wide ? 1 : 0
+        for blockStart in stride(from: 0, to: n, by: 32) {
+            let blockEnd = min(n, blockStart &+ 32)
+            for groupStart in stride(from: 0, to: L, by: 8) {
+                let groupEnd = min(L, groupStart &+ 8)
+                for r in blockStart..<blockEnd {
+                    for l in groupStart..<groupEnd {
+                        if let missing {
+                            let bit = l * R + r0 + r
+                            if missing[bit >> 3] & (1 << UInt8(bit & 7)) != 0 { continue }
+                        }
+                        let b = (r &* L &+ l) &* k
+                        var s = c.slot[l], f = c.fresh[l]
+                        let p = c.prev[l]
+                        if p >= 0 {
+                            // Integer arithmetic instead of conditions, so that the compiler emits no
+                            // branch on the unpredictable codes. The ID_NEW position of slot j is f plus
+                            // the new codes before it: no chain of dependent loads through f.
+                            var bad = 0, count = 0
+                            for j in 0..<k {
+                                let m = Int(sp[s &+ j])
+                                let isNew = (m &+ 1) >> 8  // 1 for the new marker 0xFF, else 0
+                                let select = UInt16(truncatingIfNeeded: 0 &- isNew)
+                                let reused = ids[p &+ min(m, k &- 1)]
+                                let q = f &+ (count << shift)
+                                let fresh = wide ? UInt16(fp[q]) | UInt16(fp[q &+ 1]) << 8 : UInt16(fp[q])
+                                ids[b &+ j] = (fresh & select) | (reused & ~select)
+                                count &+= isNew
+                                bad |= ((k &- 1 &- m) >> 63) & (1 &- isNew)  // a reuse code ≥ top_k
+                            }
+                            s &+= k
+                            f &+= count << shift
+                            if bad != 0 {
+                                let m = (0..<k).map { sp[s - k + $0] }.first { $0 != newMarker && Int($0) >= k }!
+                                return "slot code \(m) at layer \(l), chunk row \(r0 + r) is not below top_k \(k)"
+                            }
+                        } else {
+                            for j in 0..<k {
+                                let m = sp[s]
+                                s &+= 1
+                                guard m == newMarker else {
+                                    return "slot code \(m) at layer \(l), chunk row \(r0 + r) refers to a previous row the piece does not have"
+                                }
+                                ids[b + j] = wide ? UInt16(fp[f]) | UInt16(fp[f + 1]) << 8 : UInt16(fp[f])
+                                f &+= w
+                            }
+                        }
+                        c.slot[l] = s
+                        c.fresh[l] = f
+                        c.prev[l] = b
+                    }
+                }
+            }
         }
         return nil
     }
