@@ -43,16 +43,19 @@ public enum EngineImport {
         return r
     }
 
-    /// Runs `body` for each JSON line, turning its errors into ones that name the file, line and offset.
+    /// Runs `body` for each line's value, turning its errors into ones that name the file, line and
+    /// offset. A line is parsed as JSON, except a bare NeMo RL wire string when `bareWireStrings`.
     static func eachLine(
-        _ input: JSONLines, _ body: (_ value: Any, _ line: Int) throws(TraceError) -> [TraceRecord]
+        _ input: JSONLines, bareWireStrings: Bool = false,
+        _ body: (_ value: Any, _ line: Int) throws(TraceError) -> [TraceRecord]
     ) throws(TraceError) -> [TraceRecord] {
         var out: [TraceRecord] = []
         var failure: TraceError? = nil
         input.forEachLine { line, offset, text in
             guard failure == nil else { return }
             do throws(TraceError) {
-                let v = try input.parse(text, line: line, offset: offset)
+                let raw = bareWireStrings ? String(decoding: text, as: UTF8.self).trimmingCharacters(in: .whitespaces) : ""
+                let v: Any = raw.hasPrefix("nrlre1:") ? raw : try input.parse(text, line: line, offset: offset)
                 out += try body(v, line)
             } catch {
                 failure = error.file == nil

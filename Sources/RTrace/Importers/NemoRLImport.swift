@@ -25,39 +25,26 @@ extension EngineImport {
     /// `prompt_len`, `start`, `group`, `logprobs`, `reward`.
     public static func nemoRL(_ input: JSONLines, settings s: EngineImportSettings) throws(TraceError) -> [TraceRecord] {
         var n = 0
-        var out: [TraceRecord] = []
-        var failure: TraceError? = nil
-        input.forEachLine { line, offset, text in
-            guard failure == nil else { return }
-            do throws(TraceError) {
-                let raw = String(decoding: text, as: UTF8.self).trimmingCharacters(in: .whitespaces)
-                let value: Any = raw.hasPrefix("nrlre1:") ? raw : try input.parse(text, line: line, offset: offset)
-                var f = JSONFields(object: [:], what: "line \(line)")
-                let wire: String
-                if let w = value as? String {
-                    wire = w
-                } else if let o = value as? [String: Any], let w = o["routed_experts"] as? String {
-                    f = JSONFields(object: o, what: "line \(line)")
-                    wire = w
-                } else {
-                    throw TraceError(.invalidInput, "expected an nrlre1 string or an object with \"routed_experts\"")
-                }
-                let a = try parseNemoRL(wire, what: "line \(line): routed_experts")
-                let (ids, rows) = try EngineArrays.routingIDs(a, model: s.model, validate: s.validate, what: "line \(line): routed_experts")
-                let uid = try f.string("uid") ?? "\(s.uidPrefix)\(n)"
-                n += 1
-                let r = TraceRecord(uid: uid, group: try f.string("group"), tokens: try f.ints("tokens") ?? [],
-                                    promptLength: try f.int("prompt_len") ?? 0, start: try f.int("start") ?? 0, rowCount: rows,
-                                    layers: s.model.moeLayers, topK: s.model.topK, expertIDs: ids,
-                                    logprobs: try f.floats("logprobs") ?? [], reward: try f.double("reward"))
-                out.append(try checked(r, s, "line \(line) (uid \(uid))", file: input.file, offset: offset))
-            } catch {
-                failure = TraceError(error.kind, error.message.hasPrefix("line ") ? error.message : "line \(line): \(error.message)",
-                                     file: input.file, offset: error.offset ?? offset)
+        return try eachLine(input, bareWireStrings: true) { value, line throws(TraceError) in
+            var f = JSONFields(object: [:], what: "line \(line)")
+            let wire: String
+            if let w = value as? String {
+                wire = w
+            } else if let o = value as? [String: Any], let w = o["routed_experts"] as? String {
+                f = JSONFields(object: o, what: "line \(line)")
+                wire = w
+            } else {
+                throw TraceError(.invalidInput, "expected an nrlre1 string or an object with \"routed_experts\"")
             }
+            let a = try parseNemoRL(wire, what: "line \(line): routed_experts")
+            let (ids, rows) = try EngineArrays.routingIDs(a, model: s.model, validate: s.validate, what: "line \(line): routed_experts")
+            let uid = try f.string("uid") ?? "\(s.uidPrefix)\(n)"
+            n += 1
+            let r = TraceRecord(uid: uid, group: try f.string("group"), tokens: try f.ints("tokens") ?? [],
+                                promptLength: try f.int("prompt_len") ?? 0, start: try f.int("start") ?? 0, rowCount: rows,
+                                layers: s.model.moeLayers, topK: s.model.topK, expertIDs: ids,
+                                logprobs: try f.floats("logprobs") ?? [], reward: try f.double("reward"))
+            return [try checked(r, s, "line \(line) (uid \(uid))", file: input.file, offset: nil)]
         }
-        if let failure { throw failure }
-        if out.isEmpty { throw TraceError(.invalidInput, "no records: the input has no lines", file: input.file) }
-        return out
     }
 }
