@@ -27,38 +27,10 @@ typealias P = UnsafeMutablePointer<Float>
     }
 }
 
-/// Hand-written SIMD: SIMD8 lanes over the input, two independent accumulators, FMA, 4 rows at a time.
+/// The trainer's own kernel, `matvecSIMD8`, compiled in from Sources/RTraceTrain/MatvecSIMD8.swift.
 @inline(never) func matvecSIMD(_ w: P, _ rows: Int, _ cols: Int, _ x: P, _ y: P) {
     precondition(cols % 8 == 0)
-    let xr = UnsafeRawPointer(x)
-    var i = 0
-    while i + 4 <= rows {
-        let r0 = UnsafeRawPointer(w + i * cols), r1 = UnsafeRawPointer(w + (i + 1) * cols)
-        let r2 = UnsafeRawPointer(w + (i + 2) * cols), r3 = UnsafeRawPointer(w + (i + 3) * cols)
-        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-        var j = 0
-        while j < cols {
-            let xv = xr.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self)
-            a0.addProduct(r0.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self), xv)
-            a1.addProduct(r1.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self), xv)
-            a2.addProduct(r2.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self), xv)
-            a3.addProduct(r3.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self), xv)
-            j += 8
-        }
-        y[i] = a0.sum(); y[i + 1] = a1.sum(); y[i + 2] = a2.sum(); y[i + 3] = a3.sum()
-        i += 4
-    }
-    while i < rows {
-        let r = UnsafeRawPointer(w + i * cols)
-        var a = SIMD8<Float>()
-        var j = 0
-        while j < cols {
-            a.addProduct(r.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self), xr.loadUnaligned(fromByteOffset: 4 * j, as: SIMD8<Float>.self))
-            j += 8
-        }
-        y[i] = a.sum()
-        i += 1
-    }
+    matvecSIMD8(w, rows, cols, x, y)
 }
 
 @inline(never) func matvecBLAS(_ w: P, _ rows: Int, _ cols: Int, _ x: P, _ y: P) {
