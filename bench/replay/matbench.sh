@@ -20,7 +20,7 @@ if [ $# -gt 0 ]; then exec "$BIN" "$@"; fi
 {
   echo "Command: \`bench/replay/matbench.sh\` (swiftc -O -target-cpu haswell, as the RTraceTrain target in release; OpenBLAS from"
   echo "apt libopenblas-dev). Times are best of 7 batches, ns per call, on this 2-core VM. \`current scalar\` is the trainer's scalar"
-  echo "loops (the forward's previous kernel, four accumulators; the backward's current one); \`SIMD8\` is \`matvecSIMD8\` in Sources/RTraceTrain/Model.swift. The trainer"
+  echo "loops (the forward's previous kernel, four accumulators; the backward's current one); \`SIMD8\` is \`matvecSIMD8\` in Sources/RTraceTrain/MatvecSIMD8.swift. The trainer"
   echo "runs token by token, so its products are matrix–vector (first rows); the batched rows show what a whole-sequence"
   echo "(7 rows) or 8-sequence (56 rows) GEMM would cost. The trainer uses the SIMD8 forward kernel; its backward stays"
   echo "the scalar loop (the SIMD backward gains only 0–15 % at these shapes)."
