@@ -35,8 +35,9 @@ public enum EngineImport {
 
     /// Checks a record against the header it will be written under, naming where it came from.
     static func checked(_ r: TraceRecord, _ s: EngineImportSettings, _ where_: String, file: String, offset: Int?) throws(TraceError) -> TraceRecord {
+        // Only the geometry and columns matter here; a fixed `created` spares a date formatter per record.
         let h = TraceHeader(engine: EngineInfo(name: "", role: .other), model: s.model,
-                            columns: ColumnTypes(logprobs: !r.logprobs.isEmpty))
+                            columns: ColumnTypes(logprobs: !r.logprobs.isEmpty), created: "")
         do { try r.validateShape(h) } catch {
             throw TraceError(.invalidInput, "\(where_): \(error.message)", file: file, offset: offset)
         }
