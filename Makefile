@@ -11,8 +11,9 @@ all: build
 
 # System packages the build needs (zlib headers) and the Python test/bench dependencies.
 deps:
-	@if [ ! -f /usr/include/zlib.h ]; then \
-	  (apt-get update -qq && apt-get install -y -qq zlib1g-dev) || { echo "install zlib1g-dev (zlib headers)"; exit 1; }; fi
+	@if [ ! -f /usr/include/zlib.h ] || [ ! -f /usr/include/libdeflate.h ]; then \
+	  (apt-get update -qq && apt-get install -y -qq zlib1g-dev libdeflate-dev) || \
+	  { echo "install zlib1g-dev and libdeflate-dev (zlib and libdeflate headers)"; exit 1; }; fi
 	@$(PYTHON) -c "import numpy, pytest" 2>/dev/null || $(PYTHON) -m pip install -q numpy pytest
 	@command -v chromium >/dev/null 2>&1 || [ -n "$$RTRACE_CHROMIUM" ] || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \

@@ -19,12 +19,19 @@ let package = Package(
             pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
+        // libdeflate (inflate and CRC-32 of whole buffers, the read path) from the system: apt-get install libdeflate-dev.
+        .systemLibrary(
+            name: "CRTraceDeflate",
+            pkgConfig: "libdeflate",
+            providers: [.apt(["libdeflate-dev"])]
+        ),
 
         // The .rtrace format: header, chunks, codecs, index, reader, writer, validation, npz/npy.
         .target(
             name: "RTrace",
             dependencies: [
                 "CRTraceZlib",
+                "CRTraceDeflate",
                 .product(name: "ZIPFoundation", package: "ZIPFoundation"),
             ]
         ),
@@ -90,9 +97,12 @@ let package = Package(
             dependencies: ["RTraceCLI", "rtrace", "RTraceTestSupport"]
         ),
 
+        // glibc's mallopt, for the executable's allocator settings (Sources/rtrace/main.swift).
+        .systemLibrary(name: "CRTraceMalloc"),
+
         .executableTarget(
             name: "rtrace",
-            dependencies: ["RTraceCLI"]
+            dependencies: ["RTraceCLI", "CRTraceMalloc"]
         ),
     ]
 )

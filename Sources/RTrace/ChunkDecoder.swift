@@ -83,6 +83,9 @@ struct ChunkDecoder: Sendable {
         }
         /// Inflates and un-shuffles a column after checking its raw length against what its content implies.
         func column(_ e: ColumnEntry, expected: Int?, width: Int) throws(TraceError) -> [UInt8] {
+            if e.transform == 2 && e.id != ColumnID.idSlots.rawValue {
+                throw TraceError(.corrupt, "column \(columnName(e.id)) has transform 2 (nibble-pack), which only \(ColumnID.idSlots.name) (ID_SLOTS) may use", offset: e.offsetInFrame)
+            }
             if let expected, e.rawLength != expected {
                 throw TraceError(.corrupt, "column \(columnName(e.id)) raw_len is \(e.rawLength), its content needs \(expected)", offset: e.offsetInFrame)
             }
@@ -214,7 +217,19 @@ struct ChunkDecoder: Sendable {
 
         // IDS
         let se = try entry(.idSlots, required: true)!
-        let slots = try column(se, expected: present * k, width: 1)
+        let slots: [UInt8]
+        if se.transform == 2 {
+            guard k <= NibblePack.maxTopK else {
+                throw TraceError(.corrupt, "column \(ColumnID.idSlots.name) is nibble-packed but top_k \(k) > \(NibblePack.maxTopK)", offset: se.offsetInFrame)
+            }
+            let packed = try column(se, expected: (present * k + 1) / 2, width: 1)
+            guard let codes = NibblePack.unpack(packed, count: present * k) else {
+                throw TraceError(.corrupt, "column \(ColumnID.idSlots.name): the unused high nibble of its last byte is not 0", offset: se.offsetInFrame)
+            }
+            slots = codes
+        } else {
+            slots = try column(se, expected: present * k, width: 1)
+        }
         let ne = try entry(.idNew, required: true)!
         let width = header.idWidth
         let starts = LayerStarts(missing: missing, layers: L, chunkRows: R, slots: slots, topK: k)

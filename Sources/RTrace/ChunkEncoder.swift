@@ -15,6 +15,8 @@ struct ChunkEncoder {
     let header: TraceHeader
     /// Column codecs: zlib strategy per column, or nil to store raw.
     var compress: Bool = true
+    /// Nibble-pack ID_SLOTS when top_k allows (spec/format.md §6.3).
+    var nibblePackSlots = true
 
     /// Encodes `pieces`, where `records[i]` is the record of `pieces[i]`.
     func encode(pieces: [Piece], records: [TraceRecord]) -> [UInt8] {
@@ -78,10 +80,10 @@ struct ChunkEncoder {
         columns.append((.idSlots, slots, 1, .huffmanOnly))
         columns.append((.idNew, newIDs, header.idWidth.size, .huffmanOnly))
         if let d = header.columns.topkWeights {
-            columns.append((.weights, Self.layerMajor(pieces, records, L: L, per: k, size: d.size, present: present, \.weights), d.size, .huffmanOnly))
+            columns.append((.weights, Self.layerMajor(pieces, records, L: L, per: k, size: d.size, present: present, \.weights), d.size, .level(1)))
         }
         if let d = header.columns.routerLogits {
-            columns.append((.logits, Self.layerMajor(pieces, records, L: L, per: E, size: d.size, present: present, \.logits), d.size, .huffmanOnly))
+            columns.append((.logits, Self.layerMajor(pieces, records, L: L, per: E, size: d.size, present: present, \.logits), d.size, .level(1)))
         }
 
         // Transform and compress each column; big chunks compress their columns concurrently.
@@ -89,13 +91,22 @@ struct ChunkEncoder {
         let outBox = SendableBuffer<(UInt8, UInt8, Int, [UInt8])>(count: n, initial: (0, 0, 0, []))
         defer { outBox.free() }
         let results = outBox.buffer
+        let nibbles = nibblePackSlots && k <= NibblePack.maxTopK
         let work: @Sendable (Int) -> Void = { [columns, compress, outBox] i in
             let results = outBox.buffer
-            let (_, raw, width, strategy) = columns[i]
-            let transform: UInt8 = width > 1 ? 1 : 0
-            let t = transform == 1 ? Shuffle.shuffle(raw, width: width) : raw
+            let (id, raw, width, strategy) = columns[i]
+            let transform: UInt8, t: [UInt8]
+            if id == .idSlots && nibbles {
+                (transform, t) = (2, NibblePack.pack(raw))
+            } else if width > 1 {
+                (transform, t) = (1, Shuffle.shuffle(raw, width: width))
+            } else {
+                (transform, t) = (0, raw)
+            }
             if compress && !t.isEmpty {
-                let z = Zlib.deflate(t, strategy: strategy)
+                // A shuffled column deflates plane by plane: a plane coding cannot shrink (the low
+                // mantissa bytes of floats) is stored and inflates at memory speed.
+                let z = transform == 1 ? Zlib.deflate(planes: t, count: width, strategy: strategy) : Zlib.deflate(t, strategy: strategy)
                 if z.count < t.count { results[i] = (1, transform, t.count, z); return }
             }
             results[i] = (0, transform, t.count, t)

@@ -59,7 +59,7 @@ public struct ChunkHeader: Sendable, Equatable {
                 storedLength: Int(loadU32(b, e + 8)), crc: loadU32(b, e + 12), offsetInFrame: off)
             guard seen.insert(id).inserted else { throw TraceError(.corrupt, "column id \(id) appears twice", offset: e) }
             guard entry.codec <= 1 else { throw TraceError(.corrupt, "column \(columnName(id)) has unknown codec \(entry.codec)", offset: e + 2) }
-            guard entry.transform <= 1 else {
+            guard entry.transform <= 2 else {
                 throw TraceError(.corrupt, "column \(columnName(id)) has unknown transform \(entry.transform)", offset: e + 3)
             }
             guard entry.rawLength <= maxColumnBytes, entry.storedLength <= maxColumnBytes else {

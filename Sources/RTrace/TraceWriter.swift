@@ -6,6 +6,9 @@ public struct WriterOptions: Sendable {
     public var compress: Bool = true
     /// Force each chunk to stable storage after writing it (fsync).
     public var syncEachChunk: Bool = false
+    /// Nibble-pack ID_SLOTS when top_k ≤ 15 (spec/format.md §6.3); off only in tests, which read
+    /// the one-byte-per-code layout older files have.
+    var nibblePackSlots = true
 
     public init(chunkBytes: Int = 4 << 20, compress: Bool = true, syncEachChunk: Bool = false) {
         self.chunkBytes = chunkBytes
@@ -51,6 +54,7 @@ public final class TraceWriter {
         self.sink = sink
         var enc = ChunkEncoder(header: header)
         enc.compress = options.compress
+        enc.nibblePackSlots = options.nibblePackSlots
         self.encoder = enc
         let m = header.model
         rowBytes = max(1, m.moeLayers * m.topK * (1 + (header.columns.topkWeights?.size ?? 0))

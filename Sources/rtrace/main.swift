@@ -1,8 +1,12 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CRTraceMalloc
 import RTraceCLI
 
 // A closed pipe surfaces as an EPIPE write error (reported, or quiet for `| head`) instead of killing us.
 signal(SIGPIPE, SIG_IGN)
+// Chunk decoding allocates column buffers of a few MiB per chunk. glibc would map and unmap each one
+// (page faults and zeroed pages: ~15% of `rtrace check`'s time, bench/README.md); keep them in the heap.
+_ = rtrace_keep_large_blocks_in_heap()
 RTraceCommand.main()

@@ -115,12 +115,65 @@ def unshuffle(data: bytes, width: int) -> bytes:
     return a.T.tobytes()
 
 
-def deflate(data: bytes, huffman_only: bool) -> bytes:
-    if huffman_only:
+def deflate(data: bytes, huffman_only: bool, planes: int = 1) -> bytes:
+    """Raw deflate. A byte-shuffled column (``planes`` > 1) deflates plane by plane into one stream:
+    each plane coded on its own and ended on a byte boundary (sync flush), as stored blocks when its
+    byte entropy is over 7.84 bits (coding would save under 2 %: the low mantissa bytes of floats),
+    as the Swift writer does."""
+    if planes <= 1 or len(data) % planes or not data:
+        return _deflate(data, huffman_only, True)
+    n = len(data) // planes
+    out = []
+    for p in range(planes):
+        plane = data[p * n:(p + 1) * n]
+        out.append(_deflate(plane, None if byte_entropy(plane) > 7.84 else huffman_only, p == planes - 1))
+    return b"".join(out)
+
+
+def byte_entropy(data: bytes) -> float:
+    """Shannon entropy of the bytes, in bits per byte."""
+    if not data:
+        return 0.0
+    c = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
+    q = c[c > 0] / len(data)
+    return float(-(q * np.log2(q)).sum())
+
+
+def _deflate(data, huffman_only, final: bool) -> bytes:
+    """huffman_only: True = Huffman-only, False = level 1, None = stored blocks (level 0)."""
+    if huffman_only is None:
+        c = zlib.compressobj(0, zlib.DEFLATED, -15)
+    elif huffman_only:
         c = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_HUFFMAN_ONLY)
     else:
         c = zlib.compressobj(1, zlib.DEFLATED, -15)
-    return c.compress(data) + c.flush()
+    return c.compress(data) + c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+
+
+NIBBLE_MAX_TOP_K = 15
+
+
+def nibble_pack(codes: np.ndarray) -> bytes:
+    """Transform 2 of ID_SLOTS (§6.3): two slot codes per byte, even code in the low nibble,
+    the new marker 0xFF as 15."""
+    c = np.asarray(codes, dtype=np.uint8).reshape(-1) & 0x0F
+    if c.size % 2:
+        c = np.concatenate([c, np.zeros(1, np.uint8)])
+    return (c[0::2] | (c[1::2] << 4)).astype(np.uint8).tobytes()
+
+
+def nibble_unpack(data: bytes, count: int):
+    """Inverse of ``nibble_pack``: ``count`` byte codes (15 back to 0xFF), or None when an odd count
+    leaves a non-zero high nibble in the last byte."""
+    p = np.frombuffer(data, dtype=np.uint8)
+    if count % 2 and p[-1] >> 4:
+        return None
+    out = np.empty(p.size * 2, dtype=np.uint8)
+    out[0::2] = p & 0x0F
+    out[1::2] = p >> 4
+    out = out[:count]
+    out[out == 15] = NEW_MARKER
+    return out
 
 
 def inflate(data: bytes, raw_len: int, offset: int, name: str) -> bytes:

@@ -450,7 +450,7 @@ class Reader:
             seen.add(cid)
             if cid < 32 and cid not in F.COLUMN_NAMES:
                 raise FormatError(f"{name}: reserved column id {cid} unknown to this reader", at, "corrupt")
-            if codec not in (0, 1) or tr not in (0, 1):
+            if codec not in (0, 1) or tr not in (0, 1, 2):
                 raise FormatError(f"{name}: column {cname} codec {codec} / transform {tr} unknown", at, "corrupt")
             if raw_len > F.MAX_COLUMN or stored_len > F.MAX_COLUMN:
                 raise FormatError(f"{name}: column {cname} raw_len {raw_len} / stored_len {stored_len} exceed 1 GiB",
@@ -458,6 +458,9 @@ class Reader:
             if codec == 0 and stored_len != raw_len:
                 raise FormatError(f"{name}: raw column {cname} has stored_len {stored_len} != raw_len {raw_len}",
                                   at, "corrupt")
+            if tr == 2 and (cid != F.ID_SLOTS or self.k > F.NIBBLE_MAX_TOP_K):
+                raise FormatError(f"{name}: column {cname} has transform 2 (nibble-pack), which only ID_SLOTS may use, "
+                                  f"with top_k <= {F.NIBBLE_MAX_TOP_K}", at, "corrupt")
             total += stored_len
         if total != payload_len:
             raise FormatError(f"{name}: chunk payload_len {payload_len} != sum of stored_len {total}", at + 16,
@@ -621,7 +624,13 @@ class _ChunkData:
         logprobs = None
         if rd.has_logprobs:
             logprobs = np.frombuffer(self.col(F.LOGPROBS, 4 * sum(e["n_logprobs"] for e in entries), 4), dtype="<f4")
-        slots = np.frombuffer(self.col(F.ID_SLOTS, Q * k, 1), dtype=np.uint8).reshape(Q, k)
+        if self.stored[F.ID_SLOTS][1] == 2:
+            slots = F.nibble_unpack(self.col(F.ID_SLOTS, (Q * k + 1) // 2, 1), Q * k)
+            if slots is None:
+                raise FormatError(f"{name}: ID_SLOTS: the unused high nibble of its last byte is not 0", at, "corrupt")
+            slots = slots.reshape(Q, k)
+        else:
+            slots = np.frombuffer(self.col(F.ID_SLOTS, Q * k, 1), dtype=np.uint8).reshape(Q, k)
         nnew = int(np.count_nonzero(slots == F.NEW_MARKER))
         new = np.frombuffer(self.col(F.ID_NEW, nnew * w, w), dtype=rd.id_dtype)
         piece_of_row = np.repeat(np.arange(P, dtype=np.int64), pc["n_rows"].astype(np.int64))

@@ -132,6 +132,7 @@ class Writer:
             raise ValueError(str(e).split(": ", 1)[-1]) from None
         self.L = len(model["layer_map"])
         self.k = model["top_k"]
+        self._nibble_slots = True   # §6.3 transform 2; tests turn it off to write the older layout
         self.E = model["num_experts"]
         self.id_width = 1 if cols["topk_ids"] == "u8" else 2
         self.wdt = F.FLOAT_DTYPES[topk_weights_dtype] if topk_weights_dtype else None
@@ -361,14 +362,17 @@ class Writer:
                 shuffled.add(col)
             else:
                 data = b""
-            cols.append((col, data, dt.itemsize, True))
+            cols.append((col, data, dt.itemsize, False))   # planes: level 1 (LZ77 finds the exponent bytes' runs)
 
         def encode(c):
             cid, raw, width, huff = c
-            transform = 1 if width > 1 else 0
-            t = F.shuffle(raw, width) if transform and cid not in shuffled else raw
+            if cid == F.ID_SLOTS and self.k <= F.NIBBLE_MAX_TOP_K and self._nibble_slots:
+                transform, t = 2, F.nibble_pack(np.frombuffer(raw, dtype=np.uint8))
+            else:
+                transform = 1 if width > 1 else 0
+                t = F.shuffle(raw, width) if transform and cid not in shuffled else raw
             if self.compress and t:
-                z = F.deflate(t, huff)
+                z = F.deflate(t, huff, planes=width if transform == 1 else 1)
                 if len(z) < len(t):
                     return cid, 1, transform, len(t), z
             return cid, 0, transform, len(t), t

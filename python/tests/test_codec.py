@@ -236,3 +236,63 @@ def test_missing_column_without_bits_set(tmp_path):
     with pytest.warns(UserWarning, match="no trailer"):
         got = list(rtrace.Reader(q, allow_incomplete=True))
     assert len(got) == 1 and np.array_equal(got[0].topk_ids, ids) and np.array_equal(got[0].topk_weights, wt)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 31, 32, 33, 1001])
+def test_nibble_pack_round_trip(n):
+    """Transform 2 (§6.3): code i in the low nibble of byte i/2 when even, high when odd; 0xFF as 15."""
+    rng = np.random.default_rng(n)
+    codes = np.where(rng.random(n) < 0.3, F.NEW_MARKER, rng.integers(0, 15, n)).astype(np.uint8)
+    packed = F.nibble_pack(codes)
+    assert len(packed) == (n + 1) // 2
+    p = np.frombuffer(packed, dtype=np.uint8)
+    nib = np.stack([p & 15, p >> 4], axis=1).reshape(-1)[:n]
+    assert np.array_equal(nib, np.where(codes == F.NEW_MARKER, 15, codes))
+    assert np.array_equal(F.nibble_unpack(packed, n), codes)
+
+
+def test_nibble_unpack_rejects_a_stray_high_nibble():
+    assert F.nibble_unpack(bytes([0x10]), 1) is None
+    assert list(F.nibble_unpack(bytes([0x1F]), 2)) == [0xFF, 1]
+
+
+def test_plane_by_plane_deflate_is_one_stream():
+    """A shuffled column deflates plane by plane into one ordinary deflate stream; an incompressible
+    plane is stored, a compressible one coded (§6.4)."""
+    import zlib
+    rng = np.random.default_rng(9)
+    n = 50_000
+    rand = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    skew = np.where(rng.random(n) < 0.25, rng.integers(0, 256, n), 0x3F).astype(np.uint8).tobytes()
+    for huff in (True, False):
+        z = F.deflate(skew + rand + skew, huff, planes=3)
+        assert zlib.decompress(z, -15) == skew + rand + skew
+        assert n < len(z) < 2 * n
+    assert F.byte_entropy(rand) > 7.84 > F.byte_entropy(skew)
+
+
+@pytest.mark.parametrize("k,nibbles", [(4, True), (4, False), (16, True)])
+def test_both_slot_layouts_read_back(tmp_path, k, nibbles):
+    """Nibble-packed ID_SLOTS, the one-byte-per-code layout of older files, and top_k > 15 (no packing)."""
+    import struct
+    p = tmp_path / "a.rtrace"
+    rng = np.random.default_rng(k)
+    E = 40
+    recs = []
+    with rtrace.Writer(p, model=dict(num_layers=2, num_experts=E, top_k=k), engine=dict(name="t", role="rollout"),
+                       chunk_bytes=4000) as w:
+        w._nibble_slots = nibbles
+        for i in range(6):
+            n = int(rng.integers(1, 60))
+            ids = np.argsort(rng.random((n, 2, E)), axis=-1)[..., :k].astype(np.int32)
+            w.add(f"s{i}", np.arange(n + 1), ids)
+            recs.append(ids)
+    got = list(rtrace.Reader(p))
+    assert [r.uid for r in got] == [f"s{i}" for i in range(6)]
+    for r, ids in zip(got, recs):
+        assert np.array_equal(r.topk_ids, ids)
+    data = p.read_bytes()
+    off = rtrace.Reader(p).index["chunks"][0][0]
+    C = struct.unpack_from("<I", data, off + 4)[0]
+    tr = {struct.unpack_from("<H", data, off + 24 + 16 * i)[0]: data[off + 24 + 16 * i + 3] for i in range(C)}
+    assert tr[F.ID_SLOTS] == (2 if nibbles and k <= 15 else 0)
