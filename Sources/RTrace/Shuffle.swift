@@ -20,9 +20,10 @@ enum Shuffle {
     static func unshuffle(_ input: [UInt8], width: Int) -> [UInt8] {
         guard width > 1, !input.isEmpty else { return input }
         let n = input.count / width
-        var out = [UInt8](repeating: 0, count: input.count)
-        input.withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBufferPointer { dst in
+        // Every output byte is written below, so the array is not zero-filled first.
+        return [UInt8](unsafeUninitializedCapacity: input.count) { dst, count in
+            count = input.count
+            input.withUnsafeBufferPointer { src in
                 let raw = UnsafeMutableRawPointer(dst.baseAddress!)
                 switch width {
                 case 2:  // bf16/f16: one 16-bit store per value
@@ -42,6 +43,5 @@ enum Shuffle {
                 }
             }
         }
-        return out
     }
 }

@@ -92,11 +92,14 @@ enum Zlib {
     /// Never writes more than `rawLength` bytes, so a decompression bomb fails instead of growing.
     /// Decoding is libdeflate's (whole-buffer, 1.3–2× zlib's speed on rtrace's columns).
     static func inflate(_ input: ArraySlice<UInt8>, rawLength: Int) throws(TraceError) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: rawLength)
-        let failure: TraceError? = out.withUnsafeMutableBytes { o in
+        var failure: TraceError? = nil
+        // Not zero-filled first: inflate writes every byte or fails (and then the array is dropped).
+        let out = [UInt8](unsafeUninitializedCapacity: rawLength) { o, count in
+            count = rawLength
             input.withUnsafeBytes { i in
-                do throws(TraceError) { try inflate(i, into: o); return nil } catch { return error }
+                do throws(TraceError) { try inflate(i, into: UnsafeMutableRawBufferPointer(o)) } catch { failure = error }
             }
+            if failure != nil { o.initialize(repeating: 0) }
         }
         if let failure { throw failure }
         return out

@@ -97,23 +97,24 @@ struct DiffAcc {
                                         continue
                                     }
                                     compared += 1
-                                    // A's experts marked with a fresh stamp in a per-worker table (65536 entries,
-                                    // any id indexes it): no allocation and no clearing per row.
-                                    if st == UInt32.max {
-                                        for i in 0..<mk.count { mk[i] = 0 }
-                                        st = 0
-                                    }
-                                    st &+= 1
-                                    let s = st
-                                    for j in 0..<k { mk[Int(ea[oa + j])] = s }
-                                    var inter = 0
                                     var orderDiff: UInt16 = 0
-                                    for j in 0..<k {
-                                        let e = eb[ob + j]
-                                        inter &+= mk[Int(e)] == s ? 1 : 0
-                                        orderDiff |= ea[oa + j] ^ e
-                                    }
+                                    for j in 0..<k { orderDiff |= ea[oa &+ j] ^ eb[ob &+ j] }
                                     let ordered = orderDiff == 0
+                                    // Most rows agree slot for slot: then the sets are equal. Otherwise A's
+                                    // experts are marked with a fresh stamp in a per-worker table (65536
+                                    // entries, any id indexes it): no allocation and no clearing per row.
+                                    var inter = k
+                                    if !ordered {
+                                        if st == UInt32.max {
+                                            for i in 0..<mk.count { mk[i] = 0 }
+                                            st = 0
+                                        }
+                                        st &+= 1
+                                        let s = st
+                                        for j in 0..<k { mk[Int(ea[oa + j])] = s }
+                                        inter = 0
+                                        for j in 0..<k { inter &+= mk[Int(eb[ob + j])] == s ? 1 : 0 }
+                                    }
                                     hs[(c * L + l) * k1p + inter] += 1
                                     bhist[bk * k1p + inter] += 1
                                     if !ordered { oflips[c * L + l] += 1; boflips[bk] += 1 }

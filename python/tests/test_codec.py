@@ -296,3 +296,22 @@ def test_both_slot_layouts_read_back(tmp_path, k, nibbles):
     C = struct.unpack_from("<I", data, off + 4)[0]
     tr = {struct.unpack_from("<H", data, off + 24 + 16 * i)[0]: data[off + 24 + 16 * i + 3] for i in range(C)}
     assert tr[F.ID_SLOTS] == (2 if nibbles and k <= 15 else 0)
+
+
+def test_transform_two_on_another_column_is_rejected(tmp_path):
+    import struct
+    import zlib
+    p = tmp_path / "a.rtrace"
+    with rtrace.Writer(p, model=dict(num_layers=2, num_experts=16, top_k=2), engine=dict(name="t", role="rollout")) as w:
+        w.add("s0", np.arange(5), np.tile(np.array([[0, 1], [2, 3]], np.int32), (4, 1, 1)))
+    data = bytearray(p.read_bytes())
+    off = rtrace.Reader(p).index["chunks"][0][0]
+    C = struct.unpack_from("<I", data, off + 4)[0]
+    i = next(i for i in range(C) if struct.unpack_from("<H", data, off + 24 + 16 * i)[0] == F.TOKENS)
+    data[off + 24 + 16 * i + 3] = 2
+    crc_at = off + 24 + 16 * C
+    struct.pack_into("<I", data, crc_at, zlib.crc32(bytes(data[off:crc_at])))
+    bad = tmp_path / "bad.rtrace"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(F.FormatError, match="transform 2"):
+        list(rtrace.Reader(bad))
