@@ -286,6 +286,30 @@ struct ChunkDecoder: Sendable {
         return slots.buffer.map { $0! }
     }
 
+    /// A window of frames being decoded in the background (``decodeInBackground(_:threads:)``).
+    final class BackgroundDecode: @unchecked Sendable {
+        fileprivate let done = DispatchSemaphore(value: 0)
+        fileprivate var results: [Result<DecodedChunk, TraceError>] = []
+
+        /// Waits for the window and returns one result per frame, in order.
+        func wait() -> [Result<DecodedChunk, TraceError>] {
+            done.wait()
+            done.signal()
+            return results
+        }
+    }
+
+    /// Starts decoding `frames` on up to `threads` workers and returns at once, so that the caller
+    /// can use the previous window's chunks (or read the next frames) meanwhile.
+    func decodeInBackground(_ frames: [[UInt8]], threads: Int) -> BackgroundDecode {
+        let job = BackgroundDecode()
+        DispatchQueue.global().async {
+            job.results = self.decodeConcurrently(frames, threads: threads)
+            job.done.signal()
+        }
+        return job
+    }
+
     /// Scatters a layer-major column of `per` bytes per present (layer, row) into each piece's row-major
     /// bytes, walking rows with one read cursor per layer so that writes are sequential.
     static func scatter(

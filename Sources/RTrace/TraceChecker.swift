@@ -60,12 +60,30 @@ public enum TraceChecker {
         var allZero = [Bool](repeating: true, count: header.model.moeLayers)
         var anyPresent = [Bool](repeating: false, count: header.model.moeLayers)
         let size = source.size
-        // Intact frames wait here and are decoded a window at a time on every core, then checked in file order.
+        // Intact frames wait here and are decoded a window at a time on every core, then checked in
+        // file order. One window decodes in the background while the previous one is checked and the
+        // next one read (``launch()``); ``drain()`` finishes both.
         var pending: [(offset: Int, frame: [UInt8])] = []
-        let window = max(1, min(ProcessInfoCores.count, 8) * 2)
+        var inflight: (offsets: [Int], job: ChunkDecoder.BackgroundDecode)? = nil
+        let threads = min(ProcessInfoCores.count, 8)
+        let window = max(1, threads * 2)
+        func launch() throws {
+            let job = decoder.decodeInBackground(pending.map(\.frame), threads: threads)
+            let offsets = pending.map(\.offset)
+            pending.removeAll(keepingCapacity: true)
+            if let (o, j) = inflight { inflight = nil; try process(o, j.wait()) }
+            inflight = (offsets, job)
+        }
         func drain() throws {
-            let results = decoder.decodeConcurrently(pending.map(\.frame), threads: min(ProcessInfoCores.count, 8))
-            for ((at, _), result) in zip(pending, results) {
+            if let (o, j) = inflight { inflight = nil; try process(o, j.wait()) }
+            guard !pending.isEmpty else { return }
+            let offsets = pending.map(\.offset)
+            let results = decoder.decodeConcurrently(pending.map(\.frame), threads: threads)
+            pending.removeAll(keepingCapacity: true)
+            try process(offsets, results)
+        }
+        func process(_ offsets: [Int], _ results: [Result<DecodedChunk, TraceError>]) throws {
+            for (at, result) in zip(offsets, results) {
                 do {
                     let d = try result.get()
                     for id in d.unknownColumns { issue(.warning, at, nil, "skipped unknown extension column #\(id)") }
@@ -81,7 +99,6 @@ public enum TraceChecker {
                     state.damage(log, at: at)
                 }
             }
-            pending.removeAll(keepingCapacity: true)
         }
 
         func readAt(_ off: Int, _ n: Int) throws -> [UInt8] {
@@ -184,7 +201,7 @@ public enum TraceChecker {
             report.chunks += 1
             chunkOffsets.append(pos)
             pending.append((pos, frame))
-            if pending.count >= window { try drain() }
+            if pending.count >= window { try launch() }
             pos += ch.frameLength
         }
         try drain()
