@@ -213,32 +213,57 @@ public final class TraceReader {
         let window = max(1, threads * 2)
         var done = false
         var sawIndex = false
-        while !done {
-            var batch: [(Int, [UInt8])] = []
-            while batch.count < window {
-                guard let f = try nextFrame() else { done = true; break }
-                switch f {
-                case .chunk(let off, let bytes): batch.append((off, bytes))
-                case .index(let off, let bytes):
-                    do { _ = try TraceIndex.decodeFrame(bytes) } catch { throw error.shifted(by: off).inFile(source.name) }
-                    let t = try source.read(upTo: TraceIndex.trailerSize)
-                    guard TraceIndex.parseTrailer(t) != nil else {
-                        throw TraceError(.truncated, "index is not followed by a valid trailer", file: source.name, offset: source.position - t.count)
+        var inflight: (offsets: [Int], job: ChunkDecoder.BackgroundDecode)? = nil
+        /// Hands a window's chunks to `body` in file order, up to the first that failed to decode.
+        func deliver(_ offsets: [Int], _ results: [Result<DecodedChunk, TraceError>]) throws {
+            for (at, r) in zip(offsets, results) {
+                switch r {
+                case .success(let d):
+                    for id in d.unknownColumns where !notices.contains(where: { $0.hasSuffix("column #\(id)") }) {
+                        notices.append("chunk at offset \(at): skipped unknown extension column #\(id)")
                     }
-                    sawIndex = true
-                    streamReachedTrailer = true
-                    done = true
+                    try body(at, d)
+                case .failure(let e):
+                    throw e.shifted(by: at).inFile(source.name)
                 }
-                if done { break }
-            }
-            let decoded = try decodeBatch(batch)
-            for (i, d) in decoded.enumerated() {
-                for id in d.unknownColumns where !notices.contains(where: { $0.hasSuffix("column #\(id)") }) {
-                    notices.append("chunk at offset \(batch[i].0): skipped unknown extension column #\(id)")
-                }
-                try body(batch[i].0, d)
             }
         }
+        while !done {
+            var batch: [(Int, [UInt8])] = []
+            // A read error (truncation, a bad index) comes after every chunk read before it.
+            var readError: (any Error)? = nil
+            do {
+                while batch.count < window {
+                    guard let f = try nextFrame() else { done = true; break }
+                    switch f {
+                    case .chunk(let off, let bytes): batch.append((off, bytes))
+                    case .index(let off, let bytes):
+                        do { _ = try TraceIndex.decodeFrame(bytes) } catch { throw error.shifted(by: off).inFile(source.name) }
+                        let t = try source.read(upTo: TraceIndex.trailerSize)
+                        guard TraceIndex.parseTrailer(t) != nil else {
+                            throw TraceError(.truncated, "index is not followed by a valid trailer", file: source.name, offset: source.position - t.count)
+                        }
+                        sawIndex = true
+                        streamReachedTrailer = true
+                        done = true
+                    }
+                    if done { break }
+                }
+            } catch {
+                readError = error
+                done = true
+            }
+            // This window decodes in the background while the previous one goes to `body`.
+            let job = ChunkDecoder(header: header).decodeInBackground(batch.map(\.1), threads: threads)
+            if let (offsets, previous) = inflight { inflight = nil; try deliver(offsets, previous.wait()) }
+            inflight = (batch.map(\.0), job)
+            if let readError {
+                inflight = nil
+                try deliver(batch.map(\.0), job.wait())
+                throw readError
+            }
+        }
+        if let (offsets, previous) = inflight { try deliver(offsets, previous.wait()) }
         _ = sawIndex
     }
 
