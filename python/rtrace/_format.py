@@ -162,18 +162,25 @@ def nibble_pack(codes: np.ndarray) -> bytes:
     return (c[0::2] | (c[1::2] << 4)).astype(np.uint8).tobytes()
 
 
+def _nibble_table() -> np.ndarray:
+    """Byte -> its two codes (low nibble first, 15 as 0xFF), as one little-endian u16 per byte."""
+    b = np.arange(256)
+    lo, hi = b & 15, b >> 4
+    lo = np.where(lo == 15, NEW_MARKER, lo)
+    hi = np.where(hi == 15, NEW_MARKER, hi)
+    return (lo | (hi << 8)).astype("<u2")
+
+
+_NIBBLE_TABLE = _nibble_table()
+
+
 def nibble_unpack(data: bytes, count: int):
     """Inverse of ``nibble_pack``: ``count`` byte codes (15 back to 0xFF), or None when an odd count
-    leaves a non-zero high nibble in the last byte."""
+    leaves a non-zero high nibble in the last byte. One table look-up per byte."""
     p = np.frombuffer(data, dtype=np.uint8)
     if count % 2 and p[-1] >> 4:
         return None
-    out = np.empty(p.size * 2, dtype=np.uint8)
-    out[0::2] = p & 0x0F
-    out[1::2] = p >> 4
-    out = out[:count]
-    out[out == 15] = NEW_MARKER
-    return out
+    return _NIBBLE_TABLE[p].view(np.uint8)[:count]
 
 
 def inflate(data: bytes, raw_len: int, offset: int, name: str) -> bytes:
