@@ -26,12 +26,18 @@ let package = Package(
             providers: [.apt(["libdeflate-dev"])]
         ),
 
+        // SIMD kernels (C: SSSE3/SSE4.1 chosen at run time on x86_64, NEON on aarch64): the id decoder.
+        .target(
+            name: "CRTraceSIMD"
+        ),
+
         // The .rtrace format: header, chunks, codecs, index, reader, writer, validation, npz/npy.
         .target(
             name: "RTrace",
             dependencies: [
                 "CRTraceZlib",
                 "CRTraceDeflate",
+                "CRTraceSIMD",
                 .product(name: "ZIPFoundation", package: "ZIPFoundation"),
             ]
         ),

@@ -248,16 +248,10 @@ struct ChunkDecoder: Sendable {
             }
             out.append(d)
         }
+        // With checkIDs, the decoder also checks each piece's ids (TraceChecker.idCheck's result).
         if let err = IDCoding.decode(slots: slots, fresh: fresh, width: width, missing: missing, pieces: &out,
-                                     layers: L, topK: k, chunkRows: R, starts: starts) {
+                                     layers: L, topK: k, chunkRows: R, starts: starts, checkExperts: checkIDs ? E : nil) {
             throw TraceError(.corrupt, err, offset: se.offsetInFrame)
-        }
-        if checkIDs {
-            for i in out.indices {
-                out[i].idCheck = out[i].ids.withUnsafeBufferPointer {
-                    TraceChecker.idCheck($0, rows: out[i].piece.rowCount, L: L, k: k, E: E)
-                }
-            }
         }
         if let d = header.columns.topkWeights, let we = try entry(.weights, required: true) {
             let wb = try column(we, expected: present * k * d.size, width: d.size)

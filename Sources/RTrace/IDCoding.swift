@@ -1,3 +1,5 @@
+import CRTraceSIMD
+
 /// The ordered-reuse coding of expert ids (spec/format.md §6.2): each slot either names the slot
 /// of the same expert in the previous present row of the piece, or escapes to a new id.
 enum IDCoding {
@@ -113,15 +115,25 @@ extension LayerStarts {
 }
 
 extension IDCoding {
+    /// Whether ``decode`` can use the SIMD kernel (`rtrace_decode_ids`, for top_k ≤ 8) on this CPU.
+    static let simdSupported = rtrace_ids_simd_supported()
+
     /// Decodes ID_SLOTS and ID_NEW into the pieces' row-major ids. Returns an error message, or nil.
     ///
     /// The caller has checked the column lengths: `slots` holds `k` codes per present (layer, row) and
-    /// `fresh` one id per new-marker code (plus two bytes of padding, read but never used). The
-    /// columns are layer-major and the output row-major, so the loop keeps one read cursor per layer
-    /// and walks blocks of rows (``decodePiece``).
+    /// `fresh` one id per new-marker code (plus two bytes of padding, read but never used by the
+    /// scalar code). The columns are layer-major and the output row-major, so the loop keeps one read
+    /// cursor per layer and walks blocks of rows (``decodePiece``, or the C kernel `rtrace_decode_ids`
+    /// for top_k ≤ 8 when `simd`; a piece where the kernel finds a bad code is decoded again by
+    /// ``decodePiece``, whose error message is the one returned).
+    ///
+    /// With `checkExperts`, also sets each piece's ``DecodedPiece/idCheck`` to what
+    /// ``TraceChecker/idCheck(_:rows:L:k:E:)`` finds with that number of experts (the kernel checks the
+    /// rows while it decodes them, and leaves a piece it flags to `idCheck`).
     static func decode(
         slots: [UInt8], fresh: [UInt8], width: IDWidth, missing: [UInt8]?, pieces: inout [DecodedPiece],
-        layers L: Int, topK k: Int, chunkRows R: Int, starts: LayerStarts
+        layers L: Int, topK k: Int, chunkRows R: Int, starts: LayerStarts, checkExperts: Int? = nil,
+        simd: Bool = IDCoding.simdSupported
     ) -> String? {
         let w = width.size
         precondition(slots.count == starts.presentBefore[L] * k && fresh.count == starts.newBefore[L] * w + 2)
@@ -133,6 +145,22 @@ extension IDCoding {
         for i in pieces.indices {
             let n = pieces[i].piece.rowCount
             for l in 0..<L { cursors.prev[l] = -1 }
+            if simd && k <= Int(RTRACE_SIMD_MAX_TOP_K) {
+                let saved = cursors
+                let (status, check, flagged) = decodeSIMD(
+                    slots, fresh, &pieces[i].ids, &cursors, experts: checkExperts, rows: n, firstChunkRow: r0,
+                    missing: missing, layers: L, topK: k, chunkRows: R, wide: w == 2)
+                if status == 0 {
+                    if let E = checkExperts {
+                        pieces[i].idCheck = flagged ? pieces[i].ids.withUnsafeBufferPointer {
+                            TraceChecker.idCheck($0, rows: n, L: L, k: k, E: E)
+                        } : check
+                    }
+                    r0 += n
+                    continue
+                }
+                cursors = saved  // a bad code (1) or no kernel (-1): the scalar code decodes the piece
+            }
             let err = slots.withUnsafeBufferPointer { sp in
                 fresh.withUnsafeBufferPointer { fp in
                     pieces[i].ids.withUnsafeMutableBufferPointer { ids in
@@ -142,9 +170,62 @@ extension IDCoding {
                 }
             }
             if let err { return err }
+            if let E = checkExperts {
+                pieces[i].idCheck = pieces[i].ids.withUnsafeBufferPointer {
+                    TraceChecker.idCheck($0, rows: n, L: L, k: k, E: E)
+                }
+            }
             r0 += n
         }
         return nil
+    }
+
+    /// One piece through `rtrace_decode_ids` (see ``decode``). Returns the kernel's status (0 when
+    /// decoded) and, with `experts`, the check's layer ORs and presence and whether the kernel flagged
+    /// the piece.
+    private static func decodeSIMD(
+        _ slots: [UInt8], _ fresh: [UInt8], _ ids: inout [UInt16], _ c: inout Cursors, experts: Int?,
+        rows n: Int, firstChunkRow r0: Int, missing: [UInt8]?, layers L: Int, topK k: Int, chunkRows R: Int, wide: Bool
+    ) -> (status: Int32, check: IDCheck?, flagged: Bool) {
+        var or = [UInt16](repeating: 0, count: experts == nil ? 0 : L)
+        var present = [Bool](repeating: false, count: experts == nil ? 0 : L)
+        var flagged = false
+        let status = slots.withUnsafeBufferPointer { sp in
+            fresh.withUnsafeBufferPointer { fp in
+                ids.withUnsafeMutableBufferPointer { ip in
+                    c.slot.withUnsafeMutableBufferPointer { cs in
+                        c.fresh.withUnsafeMutableBufferPointer { cf in
+                            c.prev.withUnsafeMutableBufferPointer { cp in
+                                or.withUnsafeMutableBufferPointer { op in
+                                    present.withUnsafeMutableBufferPointer { pp in
+                                        var chk = rtrace_id_check(
+                                            layer_or: op.baseAddress, layer_present: pp.baseAddress,
+                                            num_experts: experts ?? 0, flagged: false)
+                                        let status = withUnsafeMutablePointer(to: &chk) { chkp in
+                                            withOptionalPointer(missing) { mp in
+                                                rtrace_decode_ids(
+                                                    sp.baseAddress, sp.count, fp.baseAddress, fp.count, ip.baseAddress,
+                                                    cs.baseAddress, cf.baseAddress, cp.baseAddress, n, r0, mp, L, k, R,
+                                                    wide, experts == nil ? nil : chkp)
+                                            }
+                                        }
+                                        flagged = chk.flagged
+                                        return status
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let check = experts.map { _ in IDCheck(clean: true, layerOr: or, layerPresent: present) }
+        return (status, check, flagged)
+    }
+
+    private static func withOptionalPointer<R>(_ a: [UInt8]?, _ body: (UnsafePointer<UInt8>?) -> R) -> R {
+        guard let a else { return body(nil) }
+        return a.withUnsafeBufferPointer { body($0.baseAddress) }
     }
 
     /// Where each layer's decoding stands, carried from piece to piece.

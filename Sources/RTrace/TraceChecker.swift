@@ -279,6 +279,8 @@ public enum TraceChecker {
     /// The common case, checked by the decoding workers: every (row, layer) of `rows` rows wholly
     /// present or wholly missing, ids below `E`, no expert twice. Per layer, whether any row is
     /// present and the OR of its ids (zero means every id is 0: a capture that never happened).
+    /// For top_k ≤ 8 the SIMD id decoder checks the same while it decodes (``IDCoding/decode``), and
+    /// calls this only for a piece it flags, so that an unclean piece gets exactly this result.
     static func idCheck(_ ids: UnsafeBufferPointer<UInt16>, rows: Int, L: Int, k: Int, E: Int) -> IDCheck {
         var c = IDCheck(clean: true, layerOr: [UInt16](repeating: 0, count: L), layerPresent: [Bool](repeating: false, count: L))
         var seen = [UInt64](repeating: 0, count: (E + 63) / 64)
