@@ -311,24 +311,46 @@ struct ChunkDecoder: Sendable {
         starts: LayerStarts, _ field: WritableKeyPath<DecodedPiece, [UInt8]>
     ) {
         precondition(src.count == starts.presentBefore[L] * per)
+        // One (row, layer) is a few bytes (16 for top-8 bf16 weights): whole words, not a memmove call.
+        let words = per % 8 == 0 ? per / 8 : 0
+        func copy(to d: UnsafeMutableRawPointer, from s: UnsafeRawPointer) {
+            if words == 2 {
+                d.storeBytes(of: s.loadUnaligned(as: SIMD16<UInt8>.self), as: SIMD16<UInt8>.self)
+            } else if words > 0 {
+                for w in 0..<words {
+                    d.storeBytes(of: s.loadUnaligned(fromByteOffset: w &* 8, as: UInt64.self), toByteOffset: w &* 8, as: UInt64.self)
+                }
+            } else {
+                d.copyMemory(from: s, byteCount: per)
+            }
+        }
         var at = (0..<L).map { starts.presentBefore[$0] * per }
         var r0 = 0
         src.withUnsafeBytes { s in
             for i in pieces.indices {
                 let n = pieces[i].piece.rowCount
-                var out = [UInt8](repeating: 0, count: n * L * per)
+                // Zeros where a (row, layer) is missing; otherwise every byte is written below.
+                var out = missing == nil ? [UInt8](unsafeUninitializedCapacity: n * L * per) { $1 = n * L * per }
+                                         : [UInt8](repeating: 0, count: n * L * per)
                 out.withUnsafeMutableBytes { dst in
-                    // Blocks of 32 rows, as in IDCoding.decode: sequential reads per layer, output in cache.
-                    for blockStart in stride(from: 0, to: n, by: 32) {
-                        for l in 0..<L {
-                            for r in blockStart..<min(n, blockStart + 32) {
-                                if let missing {
-                                    let bit = l * R + r0 + r
-                                    if missing[bit >> 3] & (1 << UInt8(bit & 7)) != 0 { continue }
+                    at.withUnsafeMutableBufferPointer { at in
+                        let d = dst.baseAddress!, from = s.baseAddress!, stride = L &* per
+                        // Blocks of 32 rows, as in IDCoding.decode: sequential reads per layer, output in cache.
+                        for blockStart in Swift.stride(from: 0, to: n, by: 32) {
+                            let blockEnd = min(n, blockStart &+ 32)
+                            for l in 0..<L {
+                                var a = at[l]
+                                var o = blockStart &* stride &+ l &* per
+                                for r in blockStart..<blockEnd {
+                                    defer { o &+= stride }
+                                    if let missing {
+                                        let bit = l &* R &+ r0 &+ r
+                                        if missing[bit >> 3] & (1 << UInt8(bit & 7)) != 0 { continue }
+                                    }
+                                    copy(to: d + o, from: from + a)
+                                    a &+= per
                                 }
-                                dst.baseAddress!.advanced(by: (r * L + l) * per)
-                                    .copyMemory(from: s.baseAddress!.advanced(by: at[l]), byteCount: per)
-                                at[l] += per
+                                at[l] = a
                             }
                         }
                     }

@@ -80,10 +80,10 @@ struct ChunkEncoder {
         columns.append((.idSlots, slots, 1, .huffmanOnly))
         columns.append((.idNew, newIDs, header.idWidth.size, .huffmanOnly))
         if let d = header.columns.topkWeights {
-            columns.append((.weights, Self.layerMajor(pieces, records, L: L, per: k, size: d.size, present: present, \.weights), d.size, .level(1)))
+            columns.append((.weights, Self.layerMajor(pieces, records, L: L, per: k, size: d.size, present: present, \.weights), d.size, .level(3)))
         }
         if let d = header.columns.routerLogits {
-            columns.append((.logits, Self.layerMajor(pieces, records, L: L, per: E, size: d.size, present: present, \.logits), d.size, .level(1)))
+            columns.append((.logits, Self.layerMajor(pieces, records, L: L, per: E, size: d.size, present: present, \.logits), d.size, .level(3)))
         }
 
         // Transform and compress each column; big chunks compress their columns concurrently.

@@ -66,7 +66,7 @@ public enum TraceChecker {
         var pending: [(offset: Int, frame: [UInt8])] = []
         var inflight: (offsets: [Int], job: ChunkDecoder.BackgroundDecode)? = nil
         let threads = min(ProcessInfoCores.count, 8)
-        let window = max(1, threads * 2)
+        let window = max(1, threads)
         func launch() throws {
             let job = decoder.decodeInBackground(pending.map(\.frame), threads: threads)
             let offsets = pending.map(\.offset)

@@ -210,7 +210,8 @@ public final class TraceReader {
     /// Calls `body` with each decoded chunk in file order, decoding up to `threads` chunks at once.
     func forEachChunk(_ body: (Int, DecodedChunk) throws -> Void) throws {
         if source.isSeekable { source.seek(to: dataStart) }
-        let window = max(1, threads * 2)
+        // Two windows are in memory at once (one decoding, one delivered): one chunk per worker each.
+        let window = max(1, threads)
         var done = false
         var sawIndex = false
         var inflight: (offsets: [Int], job: ChunkDecoder.BackgroundDecode)? = nil

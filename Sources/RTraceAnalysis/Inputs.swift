@@ -107,7 +107,7 @@ final class RecordChannel: @unchecked Sendable {
 struct UncheckedBox<T>: @unchecked Sendable { let value: T }
 
 /// Streams the records of several readers, one after another, on a background thread.
-func streamRecords(_ readers: [TraceReader], capacity: Int = 64) -> RecordChannel {
+func streamRecords(_ readers: [TraceReader], capacity: Int = 8) -> RecordChannel {
     let ch = RecordChannel(capacity: capacity)
     let box = UncheckedBox(value: readers)
     let t = Thread {

@@ -115,18 +115,18 @@ def unshuffle(data: bytes, width: int) -> bytes:
     return a.T.tobytes()
 
 
-def deflate(data: bytes, huffman_only: bool, planes: int = 1) -> bytes:
-    """Raw deflate. A byte-shuffled column (``planes`` > 1) deflates plane by plane into one stream:
-    each plane coded on its own and ended on a byte boundary (sync flush), as stored blocks when its
-    byte entropy is over 7.84 bits (coding would save under 2 %: the low mantissa bytes of floats),
-    as the Swift writer does."""
+def deflate(data: bytes, mode, planes: int = 1) -> bytes:
+    """Raw deflate; ``mode`` True = Huffman-only, an int = that zlib level. A byte-shuffled column
+    (``planes`` > 1) deflates plane by plane into one stream: each plane coded on its own and ended
+    on a byte boundary (sync flush), as stored blocks when its byte entropy is over 7.84 bits
+    (coding would save under 2 %: the low mantissa bytes of floats), as the Swift writer does."""
     if planes <= 1 or len(data) % planes or not data:
-        return _deflate(data, huffman_only, True)
+        return _deflate(data, mode, True)
     n = len(data) // planes
     out = []
     for p in range(planes):
         plane = data[p * n:(p + 1) * n]
-        out.append(_deflate(plane, None if byte_entropy(plane) > 7.84 else huffman_only, p == planes - 1))
+        out.append(_deflate(plane, 0 if byte_entropy(plane) > 7.84 else mode, p == planes - 1))
     return b"".join(out)
 
 
@@ -139,14 +139,12 @@ def byte_entropy(data: bytes) -> float:
     return float(-(q * np.log2(q)).sum())
 
 
-def _deflate(data, huffman_only, final: bool) -> bytes:
-    """huffman_only: True = Huffman-only, False = level 1, None = stored blocks (level 0)."""
-    if huffman_only is None:
-        c = zlib.compressobj(0, zlib.DEFLATED, -15)
-    elif huffman_only:
+def _deflate(data, mode, final: bool) -> bytes:
+    """mode: True = Huffman-only, an int = that zlib level (0: stored blocks)."""
+    if mode is True:
         c = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_HUFFMAN_ONLY)
     else:
-        c = zlib.compressobj(1, zlib.DEFLATED, -15)
+        c = zlib.compressobj(int(mode), zlib.DEFLATED, -15)
     return c.compress(data) + c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
 
 

@@ -326,10 +326,10 @@ class Writer:
             rcol += r.attrs
             toks.append(r.tokens)
             lps.append(r.logprobs)
-        cols = [(F.PIECES, bytes(pcol), 1, False), (F.RECORDS, bytes(rcol), 1, False),
-                (F.TOKENS, b"".join(t.tobytes() for t in toks), 4, False)]
+        cols = [(F.PIECES, bytes(pcol), 1, 1), (F.RECORDS, bytes(rcol), 1, 1),
+                (F.TOKENS, b"".join(t.tobytes() for t in toks), 4, 1)]
         if self.has_logprobs:
-            cols.append((F.LOGPROBS, b"".join(t.tobytes() for t in lps), 4, False))
+            cols.append((F.LOGPROBS, b"".join(t.tobytes() for t in lps), 4, 1))
         if R > 0:
             if len(pieces) == 1:
                 p = pieces[0]
@@ -342,7 +342,7 @@ class Writer:
             miss_lr = np.ascontiguousarray(miss.T)            # [L, R]
             present = ~miss_lr
             if miss_lr.any():
-                cols.append((F.MISSING, np.packbits(miss_lr.reshape(-1), bitorder="little").tobytes(), 1, False))
+                cols.append((F.MISSING, np.packbits(miss_lr.reshape(-1), bitorder="little").tobytes(), 1, 1))
                 li, ri = np.nonzero(present)
             else:
                 li = ri = None
@@ -362,7 +362,7 @@ class Writer:
                 shuffled.add(col)
             else:
                 data = b""
-            cols.append((col, data, dt.itemsize, False))   # planes: level 1 (LZ77 finds the exponent bytes' runs)
+            cols.append((col, data, dt.itemsize, 3))   # planes at level 3 (LZ77 finds the exponent bytes' runs)
 
         def encode(c):
             cid, raw, width, huff = c
