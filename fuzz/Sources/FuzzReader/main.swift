@@ -88,7 +88,7 @@ func fixChecksums(_ input: [UInt8]) -> [UInt8] {
             guard fits else { break }
             pos = off
         } else if b[pos..<pos + 4].elementsEqual("RTIX".utf8) {
-            guard pos + 16 <= b.count else { break }
+            guard pos + 20 <= b.count else { break }  // the frame header and its CRC
             let body = u64(pos + 8)
             guard body <= UInt64(b.count - pos - 20) else { break }
             let end = pos + 16 + Int(body)
