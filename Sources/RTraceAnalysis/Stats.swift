@@ -132,18 +132,35 @@ struct CapacitySim {
     let L: Int, E: Int, k: Int, factor: Double, batch: Int
     var counts: [Int], tokens: [Int], rowsInBatch = 0
     init(L: Int, E: Int, k: Int, factor: Double, batch: Int) {
-        self.L = L; self.E = E; self.k = k; self.factor = factor; self.batch = batch
+        // A batch below 1 row means no batching: the whole stream is one batch.
+        self.L = L; self.E = E; self.k = k; self.factor = factor; self.batch = batch < 1 ? Int.max : batch
         counts = Array(repeating: 0, count: L * E); tokens = Array(repeating: 0, count: L)
     }
     mutating func add(_ r: TraceRecord, _ p: inout StatsPartial) {
-        for row in 0..<r.rowCount {
-            for l in 0..<L {
-                let o = (row * L + l) * k
-                if r.expertIDs[o] == TraceRecord.missing { continue }
-                tokens[l] += 1
-                for j in 0..<k { let e = Int(r.expertIDs[o + j]); if e < E { counts[l * E + e] += 1 } }
+        var row = 0
+        while row < r.rowCount {
+            // Rows up to the end of the record or of the current batch, counted through raw pointers.
+            let n = min(r.rowCount - row, batch - rowsInBatch)
+            let (L, E, k) = (self.L, self.E, self.k)
+            r.expertIDs.withUnsafeBufferPointer { ids in
+                counts.withUnsafeMutableBufferPointer { counts in
+                    tokens.withUnsafeMutableBufferPointer { tokens in
+                        for rr in row..<(row + n) {
+                            for l in 0..<L {
+                                let o = (rr &* L &+ l) &* k
+                                if ids[o] == TraceRecord.missing { continue }
+                                tokens[l] &+= 1
+                                for j in 0..<k {
+                                    let e = Int(ids[o &+ j])
+                                    if e < E { counts[l &* E &+ e] &+= 1 }
+                                }
+                            }
+                        }
+                    }
+                }
             }
-            rowsInBatch += 1
+            row += n
+            rowsInBatch += n
             if rowsInBatch == batch { close(&p) }
         }
     }
