@@ -29,6 +29,8 @@ struct DiffAcc {
     var rows = [0, 0], anyFlip = [0, 0], flippedLayers = [0, 0]
     /// Per bucket: intersection histogram, ordered flips, rows, rows with a flip.
     var bhist: [Int], boflips: [Int], brows: [Int], bany: [Int]
+    /// Per layer and bucket: compared (row, layer)s and those whose set differs, `[l*nb+b]` (the report's heatmap).
+    var gridCompared: [Int], gridFlipped: [Int]
     var matchedRows = 0, rowsOnlyA = 0, rowsOnlyB = 0
     var missingA = 0, missingB = 0, skippedLayerRows = 0
     var lpN = 0, k1 = 0.0, k3 = 0.0, ext = [0, 0, 0]
@@ -43,6 +45,7 @@ struct DiffAcc {
         bhist = Array(repeating: 0, count: buckets * (k + 1))
         boflips = Array(repeating: 0, count: buckets)
         brows = Array(repeating: 0, count: buckets); bany = Array(repeating: 0, count: buckets)
+        gridCompared = Array(repeating: 0, count: L * buckets); gridFlipped = gridCompared
     }
 
     mutating func merge(_ o: DiffAcc) {
@@ -52,6 +55,7 @@ struct DiffAcc {
         for c in 0..<2 { rows[c] += o.rows[c]; anyFlip[c] += o.anyFlip[c]; flippedLayers[c] += o.flippedLayers[c] }
         for i in bhist.indices { bhist[i] += o.bhist[i] }
         for b in 0..<nb { boflips[b] += o.boflips[b]; brows[b] += o.brows[b]; bany[b] += o.bany[b] }
+        for i in gridCompared.indices { gridCompared[i] += o.gridCompared[i]; gridFlipped[i] += o.gridFlipped[i] }
         matchedRows += o.matchedRows; rowsOnlyA += o.rowsOnlyA; rowsOnlyB += o.rowsOnlyB
         missingA += o.missingA; missingB += o.missingB; skippedLayerRows += o.skippedLayerRows
         lpN += o.lpN; k1 += o.k1; k3 += o.k3
@@ -118,7 +122,8 @@ struct DiffAcc {
                                     hs[(c * L + l) * k1p + inter] += 1
                                     bhist[bk * k1p + inter] += 1
                                     if !ordered { oflips[c * L + l] += 1; boflips[bk] += 1 }
-                                    if inter < k { flippedL += 1 }
+                                    if inter < k { flippedL += 1; gridFlipped[l &* nb &+ bk] += 1 }
+                                    gridCompared[l &* nb &+ bk] += 1
                                     if let wa, let wb {
                                         var s = 0.0, n = 0
                                         for j in 0..<k {
@@ -193,6 +198,13 @@ public struct DiffReport {
     public var sequencesMatched = 0, sequencesOnlyA = 0, sequencesOnlyB = 0
     public var hasLogits = false, hasWeights = false, hasLogprobs = false
     public var topN = 10
+
+    /// Position buckets (``DiffOptions/buckets``).
+    public var buckets: Int { acc.nb }
+    /// Per MoE layer and position bucket, `[layer * buckets + bucket]`: compared (row, layer)s, and
+    /// those whose top-k set differs (summed over layers, a bucket's counts give its flip rate).
+    public var gridCompared: [Int] { acc.gridCompared }
+    public var gridFlipped: [Int] { acc.gridFlipped }
 
     struct Summary { var n = 0, flips = 0, oflips = 0, jacc = 0.0, changed = 0 }
 

@@ -33,7 +33,7 @@ public func buildReport(_ inp: ReportInputs) throws -> ReportPage {
     let names = inp.traces.map { ($0 as NSString).lastPathComponent }
     if inp.traces.count == 2 {
         let rep = try diffTraces(a: [inp.traces[0]], b: [inp.traces[1]], options: DiffOptions(buckets: inp.buckets, top: inp.top))
-        let grid = try FlipGrid.compute(a: [inp.traces[0]], b: [inp.traces[1]], buckets: inp.buckets)
+        let grid = FlipGrid(diff: rep)
         sections.append(DiffFigures.section(diff: rep.json, grid: grid, nameA: names[0], nameB: names[1]))
     }
     for (i, t) in inp.traces.enumerated() {

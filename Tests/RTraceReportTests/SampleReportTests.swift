@@ -8,8 +8,10 @@ import RTraceAnalysis
 @Suite struct SampleReportTests {
     @Test func flipGridAgreesWithDiffBuckets() throws {
         let buckets = 5
-        let grid = try FlipGrid.compute(a: [sample("rollout")], b: [sample("train_mixed")], buckets: buckets)
         let rep = try diffTraces(a: [sample("rollout")], b: [sample("train_mixed")], options: DiffOptions(buckets: buckets))
+        let grid = FlipGrid(diff: rep)
+        // Cell by cell, the grid diff accumulated equals a direct pairwise count.
+        #expect(grid == (try referenceGrid(sample("rollout"), sample("train_mixed"), buckets: buckets)))
         let j = rep.json
         #expect(grid.layers == [0, 1, 2, 3, 4, 5])
         let bs = j["buckets"] as! [[String: Any]]
@@ -27,7 +29,7 @@ import RTraceAnalysis
         }
         #expect(grid.flipped.reduce(0, +) > 0)
         // A trace against itself never flips.
-        let same = try FlipGrid.compute(a: [sample("rollout")], b: [sample("rollout")], buckets: 3)
+        let same = FlipGrid(diff: try diffTraces(a: [sample("rollout")], b: [sample("rollout")], options: DiffOptions(buckets: 3)))
         #expect(same.flipped.allSatisfy { $0 == 0 } && same.compared.reduce(0, +) > 0)
     }
 
@@ -67,4 +69,31 @@ import RTraceAnalysis
         #expect(throws: TraceError.self) { try buildReport(ReportInputs(traces: ["a", "b", "c"])) }
         #expect(throws: TraceError.self) { try buildReport(ReportInputs(traces: ["/nonexistent/x.rtrace"])) }
     }
+}
+
+/// The flip grid counted directly: every pair of records with the same uid, every common position,
+/// sets compared by nested loops (no stamps, no fast path), missing (row, layer)s skipped.
+func referenceGrid(_ pathA: String, _ pathB: String, buckets: Int) throws -> FlipGrid {
+    let a = try TraceReader(path: pathA), b = try TraceReader(path: pathB)
+    var grid = FlipGrid(layers: a.header.model.layerMap, buckets: buckets)
+    var recsB: [String: TraceRecord] = [:]
+    for r in try b.readAll() { recsB[r.uid] = r }
+    for ra in try a.readAll() {
+        guard let rb = recsB[ra.uid] else { continue }
+        let L = grid.layers.count, k = ra.topK
+        let lo = max(ra.start, rb.start), hi = min(ra.start + ra.rowCount, rb.start + rb.rowCount)
+        guard lo < hi else { continue }
+        let seqLen = max(1, ra.tokens.count, ra.start + ra.rowCount, rb.start + rb.rowCount)
+        for pos in lo..<hi {
+            let bk = min(buckets - 1, pos * buckets / seqLen)
+            for l in 0..<L {
+                let oa = ((pos - ra.start) * L + l) * k, ob = ((pos - rb.start) * L + l) * k
+                if ra.expertIDs[oa] == TraceRecord.missing || rb.expertIDs[ob] == TraceRecord.missing { continue }
+                let same = (0..<k).filter { j in (0..<k).contains { ra.expertIDs[oa + $0] == rb.expertIDs[ob + j] } }.count
+                grid.compared[l * buckets + bk] += 1
+                if same < k { grid.flipped[l * buckets + bk] += 1 }
+            }
+        }
+    }
+    return grid
 }
