@@ -5,7 +5,7 @@ BIN      := .build/debug/rtrace
 RELEASE  := .build/release/rtrace
 SAMPLES  := samples/qwen3moe-L6-E32-k4
 
-.PHONY: all deps build release test demo bench experiment clean fuzz fuzz-build fuzz-seeds fuzz-regressions
+.PHONY: all deps build release test test-aarch64 demo bench experiment clean fuzz fuzz-build fuzz-seeds fuzz-regressions
 
 all: build
 
@@ -75,6 +75,16 @@ fuzz: fuzz-build
 	  -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=20 -print_final_stats=1 -artifact_prefix=artifacts/
 
 # Replays every kept crash through the fuzz target (the Swift test FaultTests/fuzzRegressions does the same).
+# The NEON path of the C id kernel, on this x86 machine: cross-compiled for aarch64, run under qemu
+# (not part of `make test`: it installs a cross compiler and qemu).
+test-aarch64:
+	@command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64-static >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq gcc-aarch64-linux-gnu qemu-user-static >/dev/null)
+	mkdir -p .build/simd-cross
+	aarch64-linux-gnu-gcc -O2 -static -ISources/CRTraceSIMD/include Tests/SIMDCross/kernel_vs_spec.c \
+	  Sources/CRTraceSIMD/rtrace_simd.c -o .build/simd-cross/kernel_vs_spec-aarch64
+	qemu-aarch64-static .build/simd-cross/kernel_vs_spec-aarch64
+
 fuzz-regressions: fuzz-build
 	$(FUZZ_ENV) $(FUZZ_BIN) fuzz/regressions/*
 
