@@ -145,33 +145,30 @@ extension IDCoding {
         for i in pieces.indices {
             let n = pieces[i].piece.rowCount
             for l in 0..<L { cursors.prev[l] = -1 }
+            var decoded = false
+            var kernelCheck: IDCheck? = nil  // the kernel's check of a piece it did not flag
             if simd && k <= Int(RTRACE_SIMD_MAX_TOP_K) {
                 let saved = cursors
                 let (status, check, flagged) = decodeSIMD(
                     slots, fresh, &pieces[i].ids, &cursors, experts: checkExperts, rows: n, firstChunkRow: r0,
                     missing: missing, layers: L, topK: k, chunkRows: R, wide: w == 2)
-                if status == 0 {
-                    if let E = checkExperts {
-                        pieces[i].idCheck = flagged ? pieces[i].ids.withUnsafeBufferPointer {
-                            TraceChecker.idCheck($0, rows: n, L: L, k: k, E: E)
-                        } : check
-                    }
-                    r0 += n
-                    continue
-                }
-                cursors = saved  // a bad code (1) or no kernel (-1): the scalar code decodes the piece
+                decoded = status == 0
+                if decoded && !flagged { kernelCheck = check }
+                if !decoded { cursors = saved }  // a bad code (1) or no kernel (-1): the scalar code decodes the piece
             }
-            let err = slots.withUnsafeBufferPointer { sp in
-                fresh.withUnsafeBufferPointer { fp in
-                    pieces[i].ids.withUnsafeMutableBufferPointer { ids in
-                        decodePiece(sp, fp, ids, &cursors, rows: n, firstChunkRow: r0, missing: missing,
-                                    layers: L, topK: k, chunkRows: R, wide: w == 2)
+            if !decoded {
+                let err = slots.withUnsafeBufferPointer { sp in
+                    fresh.withUnsafeBufferPointer { fp in
+                        pieces[i].ids.withUnsafeMutableBufferPointer { ids in
+                            decodePiece(sp, fp, ids, &cursors, rows: n, firstChunkRow: r0, missing: missing,
+                                        layers: L, topK: k, chunkRows: R, wide: w == 2)
+                        }
                     }
                 }
+                if let err { return err }
             }
-            if let err { return err }
             if let E = checkExperts {
-                pieces[i].idCheck = pieces[i].ids.withUnsafeBufferPointer {
+                pieces[i].idCheck = kernelCheck ?? pieces[i].ids.withUnsafeBufferPointer {
                     TraceChecker.idCheck($0, rows: n, L: L, k: k, E: E)
                 }
             }
