@@ -303,6 +303,40 @@ struct ChunkDecoder: Sendable {
         }
         return job
     }
+}
+
+/// Windows of chunk frames decoded one behind the other: while one window decodes in the
+/// background, the caller uses the previous one (and reads the next), so no core waits for that.
+struct DecodePipeline {
+    /// A decoded window: each frame's offset in the file and its result, in file order.
+    typealias Window = (offsets: [Int], results: [Result<DecodedChunk, TraceError>])
+
+    let decoder: ChunkDecoder
+    let threads: Int
+    private var inflight: (offsets: [Int], job: ChunkDecoder.BackgroundDecode)? = nil
+
+    init(decoder: ChunkDecoder, threads: Int) {
+        self.decoder = decoder
+        self.threads = threads
+    }
+
+    /// Starts decoding `window` (offset, frame), then waits for the window before it and returns it.
+    mutating func push(_ window: [(offset: Int, frame: [UInt8])]) -> Window? {
+        let started = window.isEmpty ? nil : (window.map(\.offset), decoder.decodeInBackground(window.map(\.frame), threads: threads))
+        let previous = finish()
+        inflight = started
+        return previous
+    }
+
+    /// Waits for the window still decoding, if any, and returns it.
+    mutating func finish() -> Window? {
+        guard let (offsets, job) = inflight else { return nil }
+        inflight = nil
+        return (offsets, job.wait())
+    }
+}
+
+extension ChunkDecoder {
 
     /// Scatters a layer-major column of `per` bytes per present (layer, row) into each piece's row-major
     /// bytes, walking rows with one read cursor per layer so that writes are sequential.

@@ -64,23 +64,17 @@ public enum TraceChecker {
         // file order. One window decodes in the background while the previous one is checked and the
         // next one read (``launch()``); ``drain()`` finishes both.
         var pending: [(offset: Int, frame: [UInt8])] = []
-        var inflight: (offsets: [Int], job: ChunkDecoder.BackgroundDecode)? = nil
         let threads = min(ProcessInfoCores.count, 8)
+        var pipeline = DecodePipeline(decoder: decoder, threads: threads)
         let window = max(1, threads)
         func launch() throws {
-            let job = decoder.decodeInBackground(pending.map(\.frame), threads: threads)
-            let offsets = pending.map(\.offset)
+            let previous = pipeline.push(pending)
             pending.removeAll(keepingCapacity: true)
-            if let (o, j) = inflight { inflight = nil; try process(o, j.wait()) }
-            inflight = (offsets, job)
+            if let (o, r) = previous { try process(o, r) }
         }
         func drain() throws {
-            if let (o, j) = inflight { inflight = nil; try process(o, j.wait()) }
-            guard !pending.isEmpty else { return }
-            let offsets = pending.map(\.offset)
-            let results = decoder.decodeConcurrently(pending.map(\.frame), threads: threads)
-            pending.removeAll(keepingCapacity: true)
-            try process(offsets, results)
+            try launch()
+            if let (o, r) = pipeline.finish() { try process(o, r) }
         }
         func process(_ offsets: [Int], _ results: [Result<DecodedChunk, TraceError>]) throws {
             for (at, result) in zip(offsets, results) {

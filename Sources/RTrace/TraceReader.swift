@@ -214,7 +214,7 @@ public final class TraceReader {
         let window = max(1, threads)
         var done = false
         var sawIndex = false
-        var inflight: (offsets: [Int], job: ChunkDecoder.BackgroundDecode)? = nil
+        var pipeline = DecodePipeline(decoder: ChunkDecoder(header: header), threads: threads)
         /// Hands a window's chunks to `body` in file order, up to the first that failed to decode.
         func deliver(_ offsets: [Int], _ results: [Result<DecodedChunk, TraceError>]) throws {
             for (at, r) in zip(offsets, results) {
@@ -230,7 +230,7 @@ public final class TraceReader {
             }
         }
         while !done {
-            var batch: [(Int, [UInt8])] = []
+            var batch: [(offset: Int, frame: [UInt8])] = []
             // A read error (truncation, a bad index) comes after every chunk read before it.
             var readError: (any Error)? = nil
             do {
@@ -255,16 +255,13 @@ public final class TraceReader {
                 done = true
             }
             // This window decodes in the background while the previous one goes to `body`.
-            let job = ChunkDecoder(header: header).decodeInBackground(batch.map(\.1), threads: threads)
-            if let (offsets, previous) = inflight { inflight = nil; try deliver(offsets, previous.wait()) }
-            inflight = (batch.map(\.0), job)
+            if let (offsets, results) = pipeline.push(batch) { try deliver(offsets, results) }
             if let readError {
-                inflight = nil
-                try deliver(batch.map(\.0), job.wait())
+                if let (offsets, results) = pipeline.finish() { try deliver(offsets, results) }
                 throw readError
             }
         }
-        if let (offsets, previous) = inflight { try deliver(offsets, previous.wait()) }
+        if let (offsets, results) = pipeline.finish() { try deliver(offsets, results) }
         _ = sawIndex
     }
 
