@@ -5,14 +5,14 @@ import CRTraceZlib
 /// Deflate (zlib's), inflate and CRC-32 (libdeflate's), as the format uses them: raw deflate streams (no zlib or
 /// gzip wrapper), inflated into a buffer of known size.
 enum Zlib {
-    /// How hard deflate works. Routing ids and floats are nearly incompressible for LZ77, so
-    /// Huffman-only is the default for them (spec/format.md §6.4).
+    /// How hard deflate works. Routing ids are nearly incompressible for LZ77, so they are
+    /// Huffman-only; the byte planes of floats use a level (spec/format.md §6.4).
     enum Strategy: Sendable {
         case huffmanOnly
         case level(Int32)
     }
 
-    /// CRC-32 (zlib's `crc32`) of `bytes`, continuing from `seed`.
+    /// CRC-32 (the value of zlib's `crc32`) of `bytes`, continuing from `seed`.
     static func crc32(_ bytes: [UInt8], seed: UInt32 = 0) -> UInt32 {
         bytes.withUnsafeBytes { crc32($0, seed: seed) }
     }
