@@ -21,7 +21,7 @@ final class TextOutput {
 
     func flush() throws {
         guard !buffer.isEmpty else { return }
-        do { try sink.write(buffer) } catch let e as TraceError where e.message.contains("closed the pipe") {
+        do { try sink.write(buffer) } catch where error.message.contains("closed the pipe") {
             throw ExitCode.success
         }
         buffer.removeAll(keepingCapacity: true)
