@@ -17,20 +17,23 @@ public struct DiffOptions: Sendable {
 }
 
 /// Tallies of one comparison; partial tallies add up exactly (integer counts, sums merged in a fixed order).
+///
+/// The routing counts live in one histogram over (class, position bucket, layer, |A∩B|): the per-layer,
+/// per-class, per-bucket and layer × bucket views are its sums, so comparing a (row, layer) costs one
+/// increment.
 struct DiffAcc {
     let L: Int, k: Int, E: Int, nb: Int
-    /// Histogram of the intersection size |A∩B| (0…k), per class (0 prompt, 1 response) and layer: `[(c*L+l)*(k+1)+i]`.
-    var hist: [Int]
-    /// Rows whose slot order differs, `[c*L+l]`.
-    var oflips: [Int]
+    /// (row, layer)s by intersection size |A∩B| (0…k), class (0 prompt, 1 response), position bucket
+    /// and layer: `[((c*nb+b)*L+l)*(k+1)+i]`.
+    var cells: [Int]
+    /// (row, layer)s whose slot order differs, `[(c*nb+b)*L+l]`.
+    var orderCells: [Int]
     var klSum: [Double], klN: [Int]
     var wSum: [Double], wN: [Int]
     /// Per class: rows with at least one compared layer, rows with a flipped layer, flipped (row, layer)s.
     var rows = [0, 0], anyFlip = [0, 0], flippedLayers = [0, 0]
-    /// Per bucket: intersection histogram, ordered flips, rows, rows with a flip.
-    var bhist: [Int], boflips: [Int], brows: [Int], bany: [Int]
-    /// Per layer and bucket: compared (row, layer)s and those whose set differs, `[l*nb+b]` (the report's heatmap).
-    var gridCompared: [Int], gridFlipped: [Int]
+    /// Per bucket: rows with a compared layer, rows with a flipped layer.
+    var brows: [Int], bany: [Int]
     var matchedRows = 0, rowsOnlyA = 0, rowsOnlyB = 0
     var missingA = 0, missingB = 0, skippedLayerRows = 0
     var lpN = 0, k1 = 0.0, k3 = 0.0, ext = [0, 0, 0]
@@ -38,24 +41,52 @@ struct DiffAcc {
 
     init(L: Int, k: Int, E: Int, buckets: Int) {
         self.L = L; self.k = k; self.E = E; nb = buckets
-        hist = Array(repeating: 0, count: 2 * L * (k + 1))
-        oflips = Array(repeating: 0, count: 2 * L)
+        cells = Array(repeating: 0, count: 2 * buckets * L * (k + 1))
+        orderCells = Array(repeating: 0, count: 2 * buckets * L)
         klSum = Array(repeating: 0, count: L); klN = Array(repeating: 0, count: L)
         wSum = Array(repeating: 0, count: L); wN = Array(repeating: 0, count: L)
-        bhist = Array(repeating: 0, count: buckets * (k + 1))
-        boflips = Array(repeating: 0, count: buckets)
         brows = Array(repeating: 0, count: buckets); bany = Array(repeating: 0, count: buckets)
-        gridCompared = Array(repeating: 0, count: L * buckets); gridFlipped = gridCompared
+    }
+
+    /// Intersection histogram (0…k) and ordered flips of one class and layer, summed over buckets.
+    func layerCell(_ c: Int, _ l: Int) -> (hist: [Int], oflips: Int) {
+        var h = Array(repeating: 0, count: k + 1), o = 0
+        for b in 0..<nb {
+            let cell = (c * nb + b) * L + l
+            o += orderCells[cell]
+            for i in 0...k { h[i] += cells[cell * (k + 1) + i] }
+        }
+        return (h, o)
+    }
+    /// Intersection histogram per bucket, `[b*(k+1)+i]`.
+    var bhist: [Int] {
+        var h = Array(repeating: 0, count: nb * (k + 1))
+        for c in 0..<2 { for b in 0..<nb { for l in 0..<L { for i in 0...k {
+            h[b * (k + 1) + i] += cells[(((c * nb + b) * L + l) * (k + 1)) + i]
+        } } } }
+        return h
+    }
+    /// Rows whose slot order differs, per bucket.
+    var boflips: [Int] {
+        var o = Array(repeating: 0, count: nb)
+        for c in 0..<2 { for b in 0..<nb { for l in 0..<L { o[b] += orderCells[(c * nb + b) * L + l] } } }
+        return o
+    }
+    /// Per layer and bucket, `[l*nb+b]`: compared (row, layer)s, and those whose set differs (`flipped`).
+    func grid(flipped: Bool) -> [Int] {
+        var g = Array(repeating: 0, count: L * nb)
+        for c in 0..<2 { for b in 0..<nb { for l in 0..<L { for i in 0..<(flipped ? k : k + 1) {
+            g[l * nb + b] += cells[(((c * nb + b) * L + l) * (k + 1)) + i]
+        } } } }
+        return g
     }
 
     mutating func merge(_ o: DiffAcc) {
-        for i in hist.indices { hist[i] += o.hist[i] }
-        for i in oflips.indices { oflips[i] += o.oflips[i] }
+        for i in cells.indices { cells[i] += o.cells[i] }
+        for i in orderCells.indices { orderCells[i] += o.orderCells[i] }
         for l in 0..<L { klSum[l] += o.klSum[l]; klN[l] += o.klN[l]; wSum[l] += o.wSum[l]; wN[l] += o.wN[l] }
         for c in 0..<2 { rows[c] += o.rows[c]; anyFlip[c] += o.anyFlip[c]; flippedLayers[c] += o.flippedLayers[c] }
-        for i in bhist.indices { bhist[i] += o.bhist[i] }
-        for b in 0..<nb { boflips[b] += o.boflips[b]; brows[b] += o.brows[b]; bany[b] += o.bany[b] }
-        for i in gridCompared.indices { gridCompared[i] += o.gridCompared[i]; gridFlipped[i] += o.gridFlipped[i] }
+        for b in 0..<nb { brows[b] += o.brows[b]; bany[b] += o.bany[b] }
         matchedRows += o.matchedRows; rowsOnlyA += o.rowsOnlyA; rowsOnlyB += o.rowsOnlyB
         missingA += o.missingA; missingB += o.missingB; skippedLayerRows += o.skippedLayerRows
         lpN += o.lpN; k1 += o.k1; k3 += o.k3
@@ -67,7 +98,7 @@ struct DiffAcc {
 
     /// Compares one sequence's two records. `stamp`/`mark` are scratch (no allocation per row).
     mutating func add(_ a: TraceRecord, _ b: TraceRecord, mark: inout [UInt32], stamp: inout UInt32) {
-        let L = self.L, k = self.k, E = self.E, k1p = k + 1
+        let L = self.L, k = self.k, E = self.E, nb = self.nb, k1p = k + 1
         let lo = max(a.start, b.start), hi = min(a.start + a.rowCount, b.start + b.rowCount)
         let overlap = max(0, hi - lo)
         matchedRows += overlap
@@ -82,74 +113,76 @@ struct DiffAcc {
         var st = stamp
         defer { stamp = st }
         if overlap > 0 {
+            var missA = 0, missB = 0, skipped = 0
             a.expertIDs.withUnsafeBufferPointer { ea in
                 b.expertIDs.withUnsafeBufferPointer { eb in
                     mark.withUnsafeMutableBufferPointer { mk in
-                        hist.withUnsafeMutableBufferPointer { hs in
-                            for pos in lo..<hi {
-                                let ra = pos - a.start, rb = pos - b.start
-                                let c = a.isPromptRow(ra) ? 0 : 1
-                                let bk = min(nb - 1, pos * nb / seqLen)
-                                var flippedL = 0, compared = 0
-                                for l in 0..<L {
-                                    let oa = (ra * L + l) * k, ob = (rb * L + l) * k
-                                    let ma = ea[oa] == TraceRecord.missing, mb = eb[ob] == TraceRecord.missing
-                                    if ma || mb {
-                                        if ma { missingA += 1 }
-                                        if mb { missingB += 1 }
-                                        skippedLayerRows += 1
-                                        continue
-                                    }
-                                    compared += 1
-                                    var orderDiff: UInt16 = 0
-                                    for j in 0..<k { orderDiff |= ea[oa &+ j] ^ eb[ob &+ j] }
-                                    let ordered = orderDiff == 0
-                                    // Most rows agree slot for slot: then the sets are equal. Otherwise A's
-                                    // experts are marked with a fresh stamp in a per-worker table (65536
-                                    // entries, any id indexes it): no allocation and no clearing per row.
-                                    var inter = k
-                                    if !ordered {
-                                        if st == UInt32.max {
-                                            for i in 0..<mk.count { mk[i] = 0 }
-                                            st = 0
+                        cells.withUnsafeMutableBufferPointer { cs in
+                            orderCells.withUnsafeMutableBufferPointer { os in
+                                // overlap > 0: both records hold rows, so both buffers are non-empty.
+                                let pa = ea.baseAddress!, pb = eb.baseAddress!
+                                for pos in lo..<hi {
+                                    let ra = pos - a.start, rb = pos - b.start
+                                    let c = a.isPromptRow(ra) ? 0 : 1
+                                    let bk = min(nb - 1, pos * nb / seqLen)
+                                    let rowCell = (c * nb + bk) * L
+                                    var flippedL = 0, compared = 0
+                                    for l in 0..<L {
+                                        let oa = (ra * L + l) * k, ob = (rb * L + l) * k
+                                        let ma = pa[oa] == TraceRecord.missing, mb = pb[ob] == TraceRecord.missing
+                                        if ma || mb {
+                                            if ma { missA += 1 }
+                                            if mb { missB += 1 }
+                                            skipped += 1
+                                            continue
                                         }
-                                        st &+= 1
-                                        let s = st
-                                        for j in 0..<k { mk[Int(ea[oa + j])] = s }
-                                        inter = 0
-                                        for j in 0..<k { inter &+= mk[Int(eb[ob + j])] == s ? 1 : 0 }
-                                    }
-                                    hs[(c * L + l) * k1p + inter] += 1
-                                    bhist[bk * k1p + inter] += 1
-                                    if !ordered { oflips[c * L + l] += 1; boflips[bk] += 1 }
-                                    if inter < k { flippedL += 1; gridFlipped[l &* nb &+ bk] += 1 }
-                                    gridCompared[l &* nb &+ bk] += 1
-                                    if let wa, let wb {
-                                        var s = 0.0, n = 0
-                                        for j in 0..<k {
-                                            let e = ea[oa + j]
-                                            for j2 in 0..<k where eb[ob + j2] == e {
-                                                s += abs(Double(wa[oa + j]) - Double(wb[ob + j2])); n += 1
-                                                break
+                                        compared += 1
+                                        // Most rows agree slot for slot: then the sets are equal. Otherwise A's
+                                        // experts are marked with a fresh stamp in a per-worker table (65536
+                                        // entries, any id indexes it): no allocation and no clearing per row.
+                                        var inter = k
+                                        if !sameSlots(pa + oa, pb + ob, k) {
+                                            os[rowCell + l] += 1
+                                            if st == UInt32.max {
+                                                for i in 0..<mk.count { mk[i] = 0 }
+                                                st = 0
                                             }
+                                            st &+= 1
+                                            let s = st
+                                            for j in 0..<k { mk[Int(pa[oa + j])] = s }
+                                            inter = 0
+                                            for j in 0..<k { inter &+= mk[Int(pb[ob + j])] == s ? 1 : 0 }
                                         }
-                                        wSum[l] += s; wN[l] += n
+                                        cs[(rowCell + l) * k1p + inter] += 1
+                                        if inter < k { flippedL += 1 }
+                                        if let wa, let wb {
+                                            var s = 0.0, n = 0
+                                            for j in 0..<k {
+                                                let e = pa[oa + j]
+                                                for j2 in 0..<k where pb[ob + j2] == e {
+                                                    s += abs(Double(wa[oa + j]) - Double(wb[ob + j2])); n += 1
+                                                    break
+                                                }
+                                            }
+                                            wSum[l] += s; wN[l] += n
+                                        }
+                                        if let la, let lb {
+                                            klSum[l] += routerKL(la, (ra * L + l) * E, lb, (rb * L + l) * E, E)
+                                            klN[l] += 1
+                                        }
                                     }
-                                    if let la, let lb {
-                                        klSum[l] += routerKL(la, (ra * L + l) * E, lb, (rb * L + l) * E, E)
-                                        klN[l] += 1
+                                    if compared > 0 {
+                                        rows[c] += 1; brows[bk] += 1
+                                        flippedLayers[c] += flippedL
+                                        if flippedL > 0 { anyFlip[c] += 1; bany[bk] += 1; flippedRows += 1 }
                                     }
-                                }
-                                if compared > 0 {
-                                    rows[c] += 1; brows[bk] += 1
-                                    flippedLayers[c] += flippedL
-                                    if flippedL > 0 { anyFlip[c] += 1; bany[bk] += 1; flippedRows += 1 }
                                 }
                             }
                         }
                     }
                 }
             }
+            missingA += missA; missingB += missB; skippedLayerRows += skipped
         }
         if flippedRows > 0 { top.append((a.uid, flippedRows, overlap)) }
         // Policy: logprobs of response tokens present in both.
@@ -171,6 +204,23 @@ struct DiffAcc {
             }
         }
     }
+}
+
+/// Whether two (row, layer)s hold the same `k` ids in the same slots, compared eight bytes at a time.
+@inline(__always)
+func sameSlots(_ a: UnsafePointer<UInt16>, _ b: UnsafePointer<UInt16>, _ k: Int) -> Bool {
+    let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+    let bytes = 2 * k
+    var diff: UInt64 = 0, i = 0
+    while i + 8 <= bytes {
+        diff |= ra.loadUnaligned(fromByteOffset: i, as: UInt64.self) ^ rb.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+        i += 8
+    }
+    while i < bytes {
+        diff |= UInt64(ra.load(fromByteOffset: i, as: UInt16.self) ^ rb.load(fromByteOffset: i, as: UInt16.self))
+        i += 2
+    }
+    return diff == 0
 }
 
 /// KL(softmax(a) ‖ softmax(b)) over `n` logits, in double precision.
@@ -203,8 +253,8 @@ public struct DiffReport {
     public var buckets: Int { acc.nb }
     /// Per MoE layer and position bucket, `[layer * buckets + bucket]`: compared (row, layer)s, and
     /// those whose top-k set differs (summed over layers, a bucket's counts give its flip rate).
-    public var gridCompared: [Int] { acc.gridCompared }
-    public var gridFlipped: [Int] { acc.gridFlipped }
+    public var gridCompared: [Int] { acc.grid(flipped: false) }
+    public var gridFlipped: [Int] { acc.grid(flipped: true) }
 
     struct Summary { var n = 0, flips = 0, oflips = 0, jacc = 0.0, changed = 0 }
 
@@ -222,10 +272,9 @@ public struct DiffReport {
 
     func cell(layer l: Int, cls: [Int]) -> Summary {
         var t = Summary()
-        let k1 = acc.k + 1
         for c in cls {
-            let b = (c * acc.L + l) * k1
-            let s = summarize(acc.hist[b..<b + k1], oflips: acc.oflips[c * acc.L + l])
+            let (h, o) = acc.layerCell(c, l)
+            let s = summarize(h[...], oflips: o)
             t.n += s.n; t.flips += s.flips; t.oflips += s.oflips; t.jacc += s.jacc; t.changed += s.changed
         }
         return t
@@ -293,8 +342,9 @@ public struct DiffReport {
         o["response"] = summaryJSON(total(cls: [1]), rows: acc.rows[1], any: acc.anyFlip[1], flippedLayers: acc.flippedLayers[1])
         var bs: [[String: Any]] = []
         let k1 = acc.k + 1
+        let bhist = acc.bhist, boflips = acc.boflips
         for b in 0..<acc.nb {
-            let s = summarize(acc.bhist[b * k1..<(b + 1) * k1], oflips: acc.boflips[b])
+            let s = summarize(bhist[b * k1..<(b + 1) * k1], oflips: boflips[b])
             var j = summaryJSON(s, rows: acc.brows[b], any: acc.bany[b], flippedLayers: 0)
             j["mean_flipped_layers_per_row"] = jnum(ratio(Double(s.flips), acc.brows[b]))
             j["bucket"] = b
@@ -377,7 +427,8 @@ public func diffTraces(a pathsA: [String], b pathsB: [String], options: DiffOpti
     try checkSameGeometry(ga, gb, filesA[0], filesB[0])
     let L = ga.moeLayers, k = ga.topK, E = ga.numExperts
     let threads = max(1, options.threads)
-    // Leave a core for the comparison when decoding.
+    // The two sides decode at the same time: each gets half of the cores (a window of that many chunks),
+    // which keeps every core busy with half the decoded chunks in memory.
     for r in ra + rb { r.threads = max(1, threads) }
     var rep = DiffReport(acc: DiffAcc(L: L, k: k, E: E, buckets: options.buckets), layerMap: ga.layerMap, filesA: filesA, filesB: filesB)
     rep.topN = options.top
