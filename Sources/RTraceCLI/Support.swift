@@ -2,6 +2,30 @@ import ArgumentParser
 import Foundation
 import RTrace
 
+/// Text formatted straight into bytes, for output with millions of lines: no String per line or per number.
+/// A local value (not a class property), so appending costs no exclusivity or uniqueness checks.
+struct ByteText {
+    var bytes: [UInt8] = []
+
+    init(capacity: Int = 1 << 16) { bytes.reserveCapacity(capacity) }
+
+    mutating func append(_ s: String) { bytes.append(contentsOf: s.utf8) }
+
+    mutating func append(byte: UInt8) { bytes.append(byte) }
+
+    /// Appends `v` in decimal.
+    mutating func append(decimal v: Int) {
+        if v < 0 { bytes.append(UInt8(ascii: "-")) }
+        var m = v.magnitude
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // up to 20 digits, least significant first
+        var n = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat { d[n] = UInt8(ascii: "0") &+ UInt8(m % 10); m /= 10; n += 1 } while m > 0
+            while n > 0 { n -= 1; bytes.append(d[n]) }
+        }
+    }
+}
+
 /// Buffered text output to standard output (or a file), quiet when a downstream `head` closes the pipe.
 final class TextOutput {
     private let sink: OutputSink
@@ -18,6 +42,12 @@ final class TextOutput {
     }
 
     func line(_ s: String) throws { try write(s + "\n") }
+
+    /// Writes bytes already formatted (see ``ByteText``).
+    func write(bytes: [UInt8]) throws {
+        buffer.append(contentsOf: bytes)
+        if buffer.count >= 1 << 16 { try flush() }
+    }
 
     func flush() throws {
         guard !buffer.isEmpty else { return }

@@ -84,15 +84,33 @@ struct View: ParsableCommand {
         return o
     }
 
+    /// One line per (row, layer), formatted into bytes (``ByteText``).
     func writeTSV(_ rec: TraceRecord, _ h: TraceHeader, _ layers: [Int], _ out: TextOutput) throws {
         let k = rec.topK, L = rec.layers
+        let tab = UInt8(ascii: "\t"), comma = UInt8(ascii: ",")
+        var t = ByteText()
         for r in 0..<rec.rowCount {
             for l in layers {
                 let b = (r * L + l) * k
-                let ids = (0..<k).map { let e = rec.expertIDs[b + $0]; return e == TraceRecord.missing ? "-1" : String(e) }
-                let ws = rec.weights.map { w in (0..<k).map { "\(w[b + $0])" }.joined(separator: ",") } ?? ""
-                try out.line("\(rec.uid)\t\(rec.start + r)\t\(h.model.layerMap[l])\t\(ids.joined(separator: ","))\t\(ws)")
+                t.append(rec.uid); t.append(byte: tab)
+                t.append(decimal: rec.start + r); t.append(byte: tab)
+                t.append(decimal: h.model.layerMap[l]); t.append(byte: tab)
+                for j in 0..<k {
+                    if j > 0 { t.append(byte: comma) }
+                    let e = rec.expertIDs[b + j]
+                    t.append(decimal: e == TraceRecord.missing ? -1 : Int(e))
+                }
+                t.append(byte: tab)
+                if let w = rec.weights {
+                    for j in 0..<k {
+                        if j > 0 { t.append(byte: comma) }
+                        t.append(w[b + j].description)
+                    }
+                }
+                t.append(byte: UInt8(ascii: "\n"))
+                if t.bytes.count >= 1 << 16 { try out.write(bytes: t.bytes); t.bytes.removeAll(keepingCapacity: true) }
             }
         }
+        try out.write(bytes: t.bytes)
     }
 }

@@ -93,6 +93,35 @@ struct CLIProcessTests {
         #expect(obj["tokens"] as? [Int] == rec.tokens.map(Int.init))
     }
 
+    @Test("view --format tsv: one line per (row, layer) holding the record's ids (-1 missing) and weights")
+    func viewTSV() throws {
+        let path = "samples/synthetic-E300-dense.rtrace"  // missing rows, bf16 weights, a layer map with dense layers
+        let r = try shell("$RT view \(path) --format tsv")
+        #expect(r.status == 0, "\(r.stderr)")
+        let reader = try TraceReader(path: "\(repoRoot)/\(path)")
+        let records = try reader.readAll()
+        let map = reader.header.model.layerMap
+        var want = ["uid\tposition\tlayer\texperts\tweights"]
+        var sawMissing = false, sawWeights = false
+        for rec in records {
+            let L = rec.layers, k = rec.topK
+            for row in 0..<rec.rowCount {
+                for l in 0..<L {
+                    let b = (row * L + l) * k
+                    let ids = (0..<k).map { rec.expertIDs[b + $0] == TraceRecord.missing ? "-1" : String(rec.expertIDs[b + $0]) }
+                    sawMissing = sawMissing || ids[0] == "-1"
+                    let ws = rec.weights.map { w in (0..<k).map { "\(w[b + $0])" }.joined(separator: ",") } ?? ""
+                    sawWeights = sawWeights || !ws.isEmpty
+                    want.append("\(rec.uid)\t\(rec.start + row)\t\(map[l])\t\(ids.joined(separator: ","))\t\(ws)")
+                }
+            }
+        }
+        #expect(sawMissing && sawWeights, "the sample should exercise missing rows and weights")
+        let got = r.text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(got.last == "")
+        #expect(Array(got.dropLast()) == want)
+    }
+
     @Test("a head that closes the pipe early ends view quietly with status 0")
     func closedPipeIsQuiet() throws {
         let r = try shell("{ $RT view \(realSample)/rollout.rtrace --format tsv; echo \"rc=$?\" >&2; } | head -1")
