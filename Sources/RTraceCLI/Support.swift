@@ -2,30 +2,6 @@ import ArgumentParser
 import Foundation
 import RTrace
 
-/// Text formatted straight into bytes, for output with millions of lines: no String per line or per number.
-/// A local value (not a class property), so appending costs no exclusivity or uniqueness checks.
-struct ByteText {
-    var bytes: [UInt8] = []
-
-    init(capacity: Int = 1 << 16) { bytes.reserveCapacity(capacity) }
-
-    mutating func append(_ s: String) { bytes.append(contentsOf: s.utf8) }
-
-    mutating func append(byte: UInt8) { bytes.append(byte) }
-
-    /// Appends `v` in decimal.
-    mutating func append(decimal v: Int) {
-        if v < 0 { bytes.append(UInt8(ascii: "-")) }
-        var m = v.magnitude
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // up to 20 digits, least significant first
-        var n = 0
-        withUnsafeMutableBytes(of: &digits) { d in
-            repeat { d[n] = UInt8(ascii: "0") &+ UInt8(m % 10); m /= 10; n += 1 } while m > 0
-            while n > 0 { n -= 1; bytes.append(d[n]) }
-        }
-    }
-}
-
 /// Buffered text output to standard output (or a file), quiet when a downstream `head` closes the pipe.
 final class TextOutput {
     private let sink: OutputSink
@@ -81,8 +57,6 @@ func jsonText(_ v: Any, pretty: Bool = false) -> String {
     return String(decoding: d, as: UTF8.self)
 }
 
-/// A float for JSON: finite values as numbers, others as strings ("nan", "inf").
-func jsonFloat(_ x: Float) -> Any { x.isFinite ? Double(x) : "\(x)" }
 
 /// Parses a layer map: `0,1,5-9` (decoder indices).
 func parseLayerList(_ s: String) throws -> [Int] {

@@ -45,7 +45,7 @@ struct View: ParsableCommand {
             let out = try TextOutput()
             let emit: (TraceRecord) throws -> Void = { rec in
                 switch format {
-                case .jsonl: try out.line(jsonText(jsonObject(rec, h, layers)))
+                case .jsonl: try writeJSONLine(rec, h, layers, out)
                 case .tsv: try writeTSV(rec, h, layers, out)
                 }
             }
@@ -64,24 +64,52 @@ struct View: ParsableCommand {
         }
     }
 
-    func jsonObject(_ rec: TraceRecord, _ h: TraceHeader, _ layers: [Int]) -> [String: Any] {
+    /// One JSON object per record, keys in sorted order, formatted into bytes (``ByteText``): a
+    /// JSONSerialization tree of a 500-row record is ~100 k objects.
+    func writeJSONLine(_ rec: TraceRecord, _ h: TraceHeader, _ layers: [Int], _ out: TextOutput) throws {
         let k = rec.topK, L = rec.layers, E = h.model.numExperts
         let single = layer != nil
-        func perRow<T>(_ make: (Int, Int) -> T) -> [Any] {
-            (0..<rec.rowCount).map { r -> Any in single ? make(r, layers[0]) : layers.map { make(r, $0) } }
+        let comma = UInt8(ascii: ",")
+        var t = ByteText(capacity: 64 + rec.rowCount * layers.count * k * 4)
+        /// `[rows][layers][n]` (or `[rows][n]` with --layer) of `value(offset)` at `(r * L + l) * n + j`.
+        func perRow(_ n: Int, _ value: (inout ByteText, Int) -> Void) {
+            t.appendJSONArray(rec.rowCount) { t, r in
+                if single {
+                    t.appendJSONArray(n) { t, j in value(&t, (r * L + layers[0]) * n + j) }
+                } else {
+                    t.appendJSONArray(layers.count) { t, li in
+                        t.appendJSONArray(n) { t, j in value(&t, (r * L + layers[li]) * n + j) }
+                    }
+                }
+            }
         }
-        var o: [String: Any] = [
-            "uid": rec.uid, "tokens": rec.tokens.map(Int.init), "prompt_len": rec.promptLength, "start": rec.start,
-            "topk_ids": perRow { r, l in (0..<k).map { j -> Int in let e = rec.expertIDs[(r * L + l) * k + j]; return e == TraceRecord.missing ? -1 : Int(e) } },
-            "logprobs": rec.logprobs.map(jsonFloat),
-        ]
-        o["group"] = rec.group ?? NSNull()
-        o["reward"] = rec.reward.map { $0 as Any } ?? NSNull()
-        if let a = rec.attributes, let v = try? JSONSerialization.jsonObject(with: Data(a.utf8)) { o["attrs"] = v } else { o["attrs"] = NSNull() }
-        if let w = rec.weights { o["topk_weights"] = perRow { r, l in (0..<k).map { jsonFloat(w[(r * L + l) * k + $0]) } } }
-        if logits, let g = rec.logits { o["router_logits"] = perRow { r, l in (0..<E).map { jsonFloat(g[(r * L + l) * E + $0]) } } }
-        if single { o["layer"] = h.model.layerMap[layers[0]] }
-        return o
+        t.append(byte: UInt8(ascii: "{"))
+        t.append(key: "attrs")
+        if let a = rec.attributes, let v = try? JSONSerialization.jsonObject(with: Data(a.utf8)) { t.append(jsonText(v)) } else { t.append("null") }
+        t.append(byte: comma); t.append(key: "group")
+        if let g = rec.group { t.append(jsonString: g) } else { t.append("null") }
+        if single { t.append(byte: comma); t.append(key: "layer"); t.append(decimal: h.model.layerMap[layers[0]]) }
+        t.append(byte: comma); t.append(key: "logprobs")
+        t.appendJSONArray(rec.logprobs.count) { t, i in t.append(jsonNumber: Double(rec.logprobs[i])) }
+        t.append(byte: comma); t.append(key: "prompt_len"); t.append(decimal: rec.promptLength)
+        t.append(byte: comma); t.append(key: "reward")
+        if let w = rec.reward { t.append(jsonNumber: w) } else { t.append("null") }
+        if logits, let g = rec.logits {
+            t.append(byte: comma); t.append(key: "router_logits")
+            perRow(E) { t, i in t.append(jsonNumber: Double(g[i])) }
+        }
+        t.append(byte: comma); t.append(key: "start"); t.append(decimal: rec.start)
+        t.append(byte: comma); t.append(key: "tokens")
+        t.appendJSONArray(rec.tokens.count) { t, i in t.append(decimal: Int(rec.tokens[i])) }
+        t.append(byte: comma); t.append(key: "topk_ids")
+        perRow(k) { t, i in let e = rec.expertIDs[i]; t.append(decimal: e == TraceRecord.missing ? -1 : Int(e)) }
+        if let w = rec.weights {
+            t.append(byte: comma); t.append(key: "topk_weights")
+            perRow(k) { t, i in t.append(jsonNumber: Double(w[i])) }
+        }
+        t.append(byte: comma); t.append(key: "uid"); t.append(jsonString: rec.uid)
+        t.append("}\n")
+        try out.write(bytes: t.bytes)
     }
 
     /// One line per (row, layer), formatted into bytes (``ByteText``).

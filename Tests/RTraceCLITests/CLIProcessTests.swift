@@ -93,6 +93,59 @@ struct CLIProcessTests {
         #expect(obj["tokens"] as? [Int] == rec.tokens.map(Int.init))
     }
 
+    /// Missing rows, u16 ids, bf16 weights, rewards, attrs; and real routing with f16 weights and logits.
+    @Test("view --logits: every field of every JSON line equals what the reader returns",
+          arguments: ["samples/synthetic-E300-dense.rtrace", "\(realSample)/rollout.rtrace"])
+    func viewJSONLinesEveryField(path: String) throws {
+        let r = try shell("$RT view \(path) --logits")
+        #expect(r.status == 0, "\(r.stderr)")
+        let reader = try TraceReader(path: "\(repoRoot)/\(path)")
+        let records = try reader.readAll()
+        let lines = r.text.split(separator: "\n")
+        #expect(lines.count == records.count)
+        /// A float as the JSON holds it: a number, or "nan"/"inf"/"-inf".
+        func float(_ v: Any?) -> Float? {
+            if let d = v as? Double { return Float(d) }
+            if let i = v as? Int { return Float(i) }
+            return (v as? String).flatMap { Float($0) }
+        }
+        func same(_ a: Float?, _ b: Float) -> Bool { a.map { $0 == b || ($0.isNaN && b.isNaN) } ?? false }
+        for (line, rec) in zip(lines, records) {
+            let o = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            #expect(o["uid"] as? String == rec.uid)
+            #expect((o["group"] as? String) == rec.group)
+            #expect(o["tokens"] as? [Int] == rec.tokens.map(Int.init))
+            #expect(o["prompt_len"] as? Int == rec.promptLength)
+            #expect(o["start"] as? Int == rec.start)
+            #expect((o["reward"] as? NSNumber)?.doubleValue == rec.reward)
+            let lps = try #require(o["logprobs"] as? [Any])
+            #expect(lps.count == rec.logprobs.count && zip(lps, rec.logprobs).allSatisfy { same(float($0), $1) })
+            let L = rec.layers, k = rec.topK, E = reader.header.model.numExperts
+            let ids = try #require(o["topk_ids"] as? [[[Int]]])
+            let ws = try #require(o["topk_weights"] as? [[[Any]]])
+            #expect((o["router_logits"] == nil) == (rec.logits == nil))
+            let gs = o["router_logits"] as? [[[Any]]]
+            #expect(ids.count == rec.rowCount)
+            for row in 0..<rec.rowCount {
+                for l in 0..<L {
+                    let b = (row * L + l) * k
+                    #expect(ids[row][l] == (0..<k).map { rec.expertIDs[b + $0] == TraceRecord.missing ? -1 : Int(rec.expertIDs[b + $0]) })
+                    #expect(zip(ws[row][l], (0..<k).map { rec.weights![b + $0] }).allSatisfy { same(float($0), $1) })
+                    if let gs, let g = rec.logits {
+                        #expect(gs[row][l].count == E)
+                        #expect(zip(gs[row][l], (0..<E).map { g[(row * L + l) * E + $0] }).allSatisfy { same(float($0), $1) })
+                    }
+                }
+            }
+            if let a = rec.attributes {
+                let want = try JSONSerialization.jsonObject(with: Data(a.utf8)) as? NSDictionary
+                #expect((o["attrs"] as? NSDictionary) == want)
+            } else {
+                #expect(o["attrs"] is NSNull)
+            }
+        }
+    }
+
     @Test("view --format tsv: one line per (row, layer) holding the record's ids (-1 missing) and weights")
     func viewTSV() throws {
         let path = "samples/synthetic-E300-dense.rtrace"  // missing rows, bf16 weights, a layer map with dense layers
