@@ -41,10 +41,11 @@ func openAll(_ paths: [String]) throws(TraceError) -> [TraceReader] {
     return rs
 }
 
-/// A bounded queue of records filled by a reader thread.
+/// A bounded queue of records filled by a reader thread. A taken record's slot is emptied at once, so
+/// the queue holds at most `capacity` records however large they are.
 final class RecordChannel: @unchecked Sendable {
     private let cond = NSCondition()
-    private var items: [TraceRecord] = []
+    private var items: [TraceRecord?] = []
     private var head = 0
     private var finished = false
     private var failure: (any Error)?
@@ -55,6 +56,13 @@ final class RecordChannel: @unchecked Sendable {
     private var cancelled = false
 
     struct Cancelled: Error {}
+
+    /// Records the queue holds now (queued, not yet taken).
+    var held: Int {
+        cond.lock()
+        defer { cond.unlock() }
+        return items.reduce(0) { $0 + ($1 == nil ? 0 : 1) }
+    }
 
     /// Adds a record, waiting while the queue is full; throws once the consumer has gone away.
     func put(_ r: TraceRecord) throws {
@@ -90,7 +98,7 @@ final class RecordChannel: @unchecked Sendable {
         defer { cond.unlock() }
         while head == items.count && !finished { cond.wait() }
         if head < items.count {
-            let r = items[head]
+            let r = items[head].take()!
             head += 1
             if head > 256 && head * 2 > items.count {
                 items.removeFirst(head)
