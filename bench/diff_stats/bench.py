@@ -11,7 +11,10 @@ share about half their experts; side B changes one expert in ~5% of (row, layer)
           changed per layer, prompt/response and position splits, top sequences)
 
 Usage: python3 bench/diff_stats/bench.py [--seqs 200] [--tokens 501] [--workdir /tmp/rtrace-bench]
-       [--rtrace .build-analysis/release/rtrace] [--repeat 3]
+       [--rtrace .build-analysis/release/rtrace] [--repeat 3] [--memory]
+
+--memory also imports the data 5 times more (other uid prefixes) and prints the peak resident memory
+of diff and stats on 1 and on 5 copies: streaming keeps it nearly flat.
 """
 import argparse, json, os, subprocess, sys, time
 import numpy as np
@@ -67,6 +70,31 @@ def timed(cmd, repeat):
         best = dt if best is None else min(best, dt)
     return best, out
 
+def peak_rss_mb(cmd):
+    """Runs cmd (output discarded) and returns its peak resident memory in MB (os.wait4's ru_maxrss; it
+    includes what the forked child held before exec, so the caller keeps its own memory small)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    if status != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr.read().decode()}")
+    return ru.ru_maxrss / 1024
+
+def memory(o, paths, copies=5):
+    """Peak memory of diff and stats on one copy of the data and on `copies` copies (shards
+    imported again under other uid prefixes): streaming keeps it flat as the trace grows."""
+    shards = {"a": [], "b": []}
+    for side in ("a", "b"):
+        for c in range(copies):
+            rt = os.path.join(o.workdir, f"{side}-copy{c}.rtrace")
+            subprocess.run([o.rtrace, "import", "--from", "npz", paths[side], "-o", rt, "--num-experts", str(o.experts),
+                            "--uid-prefix", f"c{c}-", "--role", "rollout" if side == "a" else "train"], check=True)
+            shards[side].append(rt)
+    print(f"peak resident memory (MB), 1 copy -> {copies} copies of the data:")
+    for name, make in (("diff", lambda n: [o.rtrace, "diff", "--a", *shards["a"][:n], "--b", *shards["b"][:n], "--json"]),
+                       ("stats", lambda n: [o.rtrace, "stats", *shards["a"][:n], "--json", "--capacity-factor", "1.25"])):
+        one, many = peak_rss_mb(make(1)), peak_rss_mb(make(copies))
+        print(f"  rtrace {name:5s}: {one:6.0f} -> {many:6.0f}")
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seqs", type=int, default=200)
@@ -77,6 +105,7 @@ def main():
     ap.add_argument("--workdir", default="/tmp/rtrace-bench")
     ap.add_argument("--rtrace", default=".build-analysis/release/rtrace")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--memory", action="store_true", help="also measure peak memory on 1 and 5 copies of the data")
     o = ap.parse_args()
     os.makedirs(o.workdir, exist_ok=True)
     rows = o.tokens - 1
@@ -92,6 +121,7 @@ def main():
         subprocess.run([o.rtrace, "import", "--from", "npz", paths[name], "-o", rt, "--num-experts", str(o.experts),
                         "--uid-prefix", "s", "--role", "rollout" if name == "a" else "train"], check=True)
         paths[name + "_rt"] = rt
+    del a, b, ids  # a forked child's peak memory counts the parent's (--memory)
     print(f"generated and imported in {time.perf_counter() - t:.1f}s; sizes: npz {os.path.getsize(paths['a']) / 1e6:.0f} MB, "
           f"rtrace {os.path.getsize(paths['a_rt']) / 1e6:.0f} MB per side")
     script = os.path.join(o.workdir, "numpy_diff.py")
@@ -108,6 +138,8 @@ def main():
     print(f"ratio numpy / rtrace diff       : {t_np / t_rt:7.1f}x")
     t_st, _ = timed([o.rtrace, "stats", paths["a_rt"], "--json", "--capacity-factor", "1.25", "--ep", "8"], o.repeat)
     print(f"rtrace stats --capacity-factor --ep (one side): {t_st:.3f} s")
+    if o.memory:
+        memory(o, paths)
 
 if __name__ == "__main__":
     main()
