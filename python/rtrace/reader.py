@@ -14,7 +14,7 @@ import numpy as np
 from . import _format as F
 from ._format import FormatError
 
-__all__ = ["Reader", "Record", "decode_ids"]
+__all__ = ["Reader", "Record", "decode_ids", "native_available"]
 
 
 @dataclass
@@ -42,11 +42,83 @@ class Record:
         return self.topk_ids[:, :, 0] < 0
 
 
+def _load_native():
+    """The compiled accelerator rtrace._native (python/rtrace/_native.c), or None when it was not
+    built or the environment variable RTRACE_PURE_PYTHON is 1 (then the numpy code decodes)."""
+    if os.environ.get("RTRACE_PURE_PYTHON") == "1":
+        return None
+    try:
+        from . import _native
+    except ImportError:
+        return None
+    return _native
+
+
+_native = _load_native()
+
+
+def native_available() -> bool:
+    """Whether the reader decodes with the compiled accelerator ``rtrace._native``: True when it was
+    built (``pip install`` with a C compiler) and ``RTRACE_PURE_PYTHON`` is not ``1``. Both decoders
+    give the same records and the same errors; the numpy one is several times slower."""
+    return _native is not None
+
+
+def _bad_code(code: int, entry: int, k: int, where) -> FormatError:
+    return FormatError(f"ID_SLOTS byte {code} at entry {entry} is neither 0xFF nor < top_k={k}", where)
+
+
+def _no_previous(entry: int, where) -> FormatError:
+    return FormatError(f"ID_SLOTS entry {entry} refers to a previous row that does not exist", where)
+
+
+def _new_count(n_new: int, markers: int, where) -> FormatError:
+    if markers == 0:
+        return FormatError(f"ID_NEW holds {n_new} values but ID_SLOTS has no 0xFF", where)
+    return FormatError(f"ID_NEW holds {n_new} values but ID_SLOTS has {markers} 0xFF bytes", where)
+
+
+def _native_error(err, k: int, n_new: int, where) -> FormatError:
+    """The FormatError of an error tuple (kind, entry, value) of rtrace._native's decoders: the one
+    decode_ids_numpy raises for the same coding."""
+    from . import _native as native
+    kind, entry, value = err
+    if kind == native.ERR_BAD_CODE:
+        return _bad_code(value, entry, k, where)
+    if kind == native.ERR_NO_PREVIOUS:
+        return _no_previous(entry, where)
+    return _new_count(n_new, entry, where)
+
+
 def decode_ids(slots: np.ndarray, new: np.ndarray, valid_prev: np.ndarray, k: int, where=None):
-    """Inverse of the ordered-reuse coding (§6.2), vectorised with pointer jumping.
+    """Inverse of the ordered-reuse coding (§6.2), with rtrace._native when it is in use, else numpy.
 
     slots: [Q, k] uint8; new: ID_NEW values; valid_prev: [Q] bool (a previous present row of the
-    same piece and layer exists). Returns [Q, k] int32 ids.
+    same piece and layer exists). Returns [Q, k] int32 ids; raises FormatError on an invalid coding."""
+    if _native is not None:
+        return decode_ids_native(slots, new, valid_prev, k, where)
+    return decode_ids_numpy(slots, new, valid_prev, k, where)
+
+
+def decode_ids_native(slots, new: np.ndarray, valid_prev: np.ndarray, k: int, where=None, packed: bool = False):
+    """decode_ids with rtrace._native (which must be built). With ``packed``, ``slots`` is the
+    nibble-packed ID_SLOTS column (§6.3, bytes) instead of [Q, k] codes."""
+    from . import _native as native
+    valid = np.ascontiguousarray(valid_prev, dtype=bool)
+    new = np.ascontiguousarray(new, dtype=np.uint8 if np.asarray(new).dtype.itemsize == 1 else np.dtype("<u2"))
+    Q = len(valid)
+    if Q == 0 and len(new):
+        raise _new_count(len(new), 0, where)
+    out = np.empty((Q, k), dtype=np.int32)
+    err = native.decode_ids(slots if packed else np.ascontiguousarray(slots, dtype=np.uint8), packed, new,
+                            new.dtype.itemsize, valid, k, out)
+    if err is not None:
+        raise _native_error(err, k, len(new), where)
+    return out
+
+
+def decode_ids_numpy(slots: np.ndarray, new: np.ndarray, valid_prev: np.ndarray, k: int, where=None):
+    """decode_ids in numpy, vectorised with pointer jumping.
 
     Every reused entry points at an entry of the previous row; the pointers are followed by
     doubling (``ref = ref[ref]``) over the entries not yet resolved to a 0xFF entry only, so the
@@ -54,7 +126,7 @@ def decode_ids(slots: np.ndarray, new: np.ndarray, valid_prev: np.ndarray, k: in
     Q = slots.shape[0]
     if Q == 0:
         if len(new):
-            raise FormatError(f"ID_NEW holds {len(new)} values but ID_SLOTS has no 0xFF", where)
+            raise _new_count(len(new), 0, where)
         return np.zeros((0, k), dtype=np.int32)
     flat = slots.reshape(-1)
     isnew = flat == F.NEW_MARKER
@@ -63,16 +135,15 @@ def decode_ids(slots: np.ndarray, new: np.ndarray, valid_prev: np.ndarray, k: in
         bad = (flat >= k) & ~isnew
         if bad.any():
             i = int(np.argmax(bad))
-            raise FormatError(f"ID_SLOTS byte {int(flat[i])} at entry {i} is neither 0xFF nor < top_k={k}", where)
+            raise _bad_code(int(flat[i]), i, k, where)
     inv = np.flatnonzero(~valid_prev)
     if len(inv):
         bad = ~isnew.reshape(Q, k)[inv]
         if bad.any():
             q, j = np.argwhere(bad)[0]
-            raise FormatError(f"ID_SLOTS entry {int(inv[q]) * k + int(j)} refers to a previous row that does not "
-                              f"exist", where)
+            raise _no_previous(int(inv[q]) * k + int(j), where)
     if nnew != len(new):
-        raise FormatError(f"ID_NEW holds {len(new)} values but ID_SLOTS has {nnew} 0xFF bytes", where)
+        raise _new_count(len(new), nnew, where)
     N = Q * k
     # ref: for a 0xFF entry ~(its index in ID_NEW) (negative); for a reused entry q*k + j with slot
     # byte m, the entry (q-1)*k + m it copies. Pointer doubling (ref[x] = ref[ref[x]]) over the
@@ -538,6 +609,74 @@ class _ChunkData:
         self.futures = {cid: pool.submit(F.inflate, b, raw_len, self.at, F.COLUMN_NAMES[cid])
                         for cid, b, raw_len in jobs}
 
+    def _slot_codes(self, Q):
+        """ID_SLOTS as (its bytes, whether nibble-packed), after checking a packed column's unused
+        high nibble (§6.3)."""
+        k, name = self.rd.k, self.rd._src.name
+        if self.stored[F.ID_SLOTS][1] != 2:
+            return self.col(F.ID_SLOTS, Q * k, 1), False
+        data = self.col(F.ID_SLOTS, (Q * k + 1) // 2, 1)
+        if F.stray_nibble(data, Q * k):
+            raise FormatError(f"{name}: ID_SLOTS: the unused high nibble of its last byte is not 0", self.at, "corrupt")
+        return data, True
+
+    def _ids_error(self, e: FormatError) -> FormatError:
+        """An invalid id coding (a decode_ids error) as the chunk's error."""
+        return FormatError(f"{self.rd._src.name}: chunk ids coding invalid: {str(e).split(': ', 1)[-1]}", self.at,
+                           "corrupt")
+
+    def _rows_numpy(self, piece_rows, present, Q):
+        """The chunk's ids, weights and logits ([R, L, *] transposed views of layer-major arrays, or
+        None for an absent column), decoded with numpy. ``present``: [L, R] bool or None (all)."""
+        rd = self.rd
+        L, k, E, R = rd.L, rd.k, rd.E, self.R
+        data, packed = self._slot_codes(Q)
+        slots = (F.nibble_unpack(data, Q * k) if packed else np.frombuffer(data, dtype=np.uint8)).reshape(Q, k)
+        nnew = int(np.count_nonzero(slots == F.NEW_MARKER))
+        w = rd.id_dtype.itemsize
+        new = np.frombuffer(self.col(F.ID_NEW, nnew * w, w), dtype=rd.id_dtype)
+        piece_of_row = np.repeat(np.arange(len(piece_rows), dtype=np.int64), piece_rows)
+        valid, li, ri = F.prev_valid(np.ones((L, R), dtype=bool) if present is None else present, piece_of_row)
+        try:
+            vals = decode_ids_numpy(slots, new, valid, k, self.at)
+        except FormatError as e:
+            raise self._ids_error(e) from None
+        if present is None:
+            ids = vals.reshape(L, R, k).transpose(1, 0, 2)        # [R, L, k] view
+        else:
+            ids_lr = np.full((L, R, k), -1, dtype=np.int32)
+            ids_lr[li, ri] = vals
+            ids = ids_lr.transpose(1, 0, 2)
+        weights = self._floats(F.WEIGHTS, rd.wdt, k, Q, present, li, ri) if rd.wdt is not None else None
+        logits = self._floats(F.LOGITS, rd.ldt, E, Q, present, li, ri) if rd.ldt is not None else None
+        return ids, weights, logits
+
+    def _rows_native(self, piece_rows, present, Q):
+        """_rows_numpy with rtrace._native: ids, weights and logits decoded straight into row-major
+        [R, L, *] arrays (the assembler then copies each piece's rows as one block)."""
+        rd = self.rd
+        L, k, E, R = rd.L, rd.k, rd.E, self.R
+        data, packed = self._slot_codes(Q)
+        w = rd.id_dtype.itemsize
+        new = self.col(F.ID_NEW, _native.count_new(data, packed, Q * k) * w, w)
+        ids = np.empty((R, L, k), dtype=np.int32)
+        err = _native.decode_chunk_ids(data, packed, new, w, k, L, R, piece_rows, present, ids)
+        if err is not None:
+            raise self._ids_error(_native_error(err, k, len(new) // w, self.at))
+        weights = self._floats_native(F.WEIGHTS, rd.wdt, k, Q, present) if rd.wdt is not None else None
+        logits = self._floats_native(F.LOGITS, rd.ldt, E, Q, present) if rd.ldt is not None else None
+        return ids, weights, logits
+
+    def _floats_native(self, cid, dt, n, Q, present):
+        """A float column as a new [R, L, n] array of ``dt`` (zeros where missing), un-shuffled and
+        scattered by rtrace._native in one pass."""
+        L, R = self.rd.L, self.R
+        sz = dt.itemsize
+        data, tr = self.col(cid, Q * n * sz, sz, keep_shuffled=True)
+        out = np.empty((R, L, n), dtype=dt)
+        _native.scatter_floats(data, sz, tr == 1, n, L, R, present, out)
+        return out
+
     def _floats(self, cid, dt, n, Q, present, li, ri):
         """A float column as an [R, L, n] array of ``dt`` (a transposed view of the layer-major
         array, copied once into the records by the assembler)."""
@@ -624,30 +763,8 @@ class _ChunkData:
         logprobs = None
         if rd.has_logprobs:
             logprobs = np.frombuffer(self.col(F.LOGPROBS, 4 * sum(e["n_logprobs"] for e in entries), 4), dtype="<f4")
-        if self.stored[F.ID_SLOTS][1] == 2:
-            slots = F.nibble_unpack(self.col(F.ID_SLOTS, (Q * k + 1) // 2, 1), Q * k)
-            if slots is None:
-                raise FormatError(f"{name}: ID_SLOTS: the unused high nibble of its last byte is not 0", at, "corrupt")
-            slots = slots.reshape(Q, k)
-        else:
-            slots = np.frombuffer(self.col(F.ID_SLOTS, Q * k, 1), dtype=np.uint8).reshape(Q, k)
-        nnew = int(np.count_nonzero(slots == F.NEW_MARKER))
-        new = np.frombuffer(self.col(F.ID_NEW, nnew * w, w), dtype=rd.id_dtype)
-        piece_of_row = np.repeat(np.arange(P, dtype=np.int64), pc["n_rows"].astype(np.int64))
-        valid, li, ri = F.prev_valid(np.ones((L, R), dtype=bool) if present is None else present, piece_of_row)
-        try:
-            vals = decode_ids(slots, new, valid, k, at)
-        except FormatError as e:
-            raise FormatError(f"{name}: chunk ids coding invalid: {str(e).split(': ', 1)[-1]}", at, "corrupt") \
-                from None
-        if present is None:
-            ids = vals.reshape(L, R, k).transpose(1, 0, 2)        # [R, L, k] view
-        else:
-            ids_lr = np.full((L, R, k), -1, dtype=np.int32)
-            ids_lr[li, ri] = vals
-            ids = ids_lr.transpose(1, 0, 2)
-        weights = self._floats(F.WEIGHTS, rd.wdt, k, Q, present, li, ri) if rd.wdt is not None else None
-        logits = self._floats(F.LOGITS, rd.ldt, E, Q, present, li, ri) if rd.ldt is not None else None
+        decode_rows = self._rows_native if _native is not None else self._rows_numpy
+        ids, weights, logits = decode_rows(np.ascontiguousarray(pc["n_rows"], dtype=np.int64), present, Q)
         return pc, entries, tokens, logprobs, ids, weights, logits
 
 
