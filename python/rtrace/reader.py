@@ -445,6 +445,7 @@ class Reader:
                         return
                     raise
                 if ahead:
+                    chunk.prefetch()
                     queue.append((chunk, _decode_pool().submit(chunk.decode)))
                     if len(queue) > 1:
                         c, fut = queue.pop(0)
@@ -548,7 +549,7 @@ class Reader:
             if opt != (cid in seen):
                 raise FormatError(f"{name}: column {F.COLUMN_NAMES[cid]} is {'missing' if opt else 'present'} "
                                   f"but the header says {'present' if opt else 'absent'}", at, "corrupt")
-        payload = s.exact(payload_len, "a chunk payload")
+        payload = memoryview(s.exact(payload_len, "a chunk payload"))   # columns are slices of it, not copies
         stored = {}
         p = 0
         for cid, codec, tr, raw_len, stored_len, ccrc in entries:
@@ -592,22 +593,24 @@ class _ChunkData:
             data = F.unshuffle(data, width)
         return data
 
-    def prefetch(self, bounds):
-        """Inflates the deflated columns of ``bounds`` ({cid: max raw_len}) concurrently (zlib releases
-        the GIL), after checking each raw_len against its bound (no inflating past what the content
-        can hold)."""
-        jobs = []
-        for cid, bound in bounds.items():
-            if cid not in self.stored:
-                continue
-            codec, tr, raw_len, b = self.stored[cid]
-            if codec == 1 and raw_len <= bound and raw_len >= (1 << 16):
-                jobs.append((cid, b, raw_len))
-        if len(jobs) < 2 or not self.rd.threads:
+    def prefetch(self):
+        """Starts inflating the chunk's large deflated row columns (ID_SLOTS, ID_NEW, WEIGHTS, LOGITS) on
+        the inflate pool (zlib releases the GIL), once; the reader calls it as soon as the chunk is read,
+        so that they inflate while the previous chunk decodes. A column whose raw_len is more than the
+        chunk's rows can hold (all present) is left to col(), which rejects it."""
+        rd = self.rd
+        if self.futures is not None or not rd.threads:
             return
+        cells = rd.L * self.R * rd.k
+        bounds = {F.ID_SLOTS: cells, F.ID_NEW: cells * rd.id_dtype.itemsize,
+                  F.WEIGHTS: cells * (rd.wdt.itemsize if rd.wdt is not None else 0),
+                  F.LOGITS: rd.L * self.R * rd.E * (rd.ldt.itemsize if rd.ldt is not None else 0)}
         pool = _pool()
-        self.futures = {cid: pool.submit(F.inflate, b, raw_len, self.at, F.COLUMN_NAMES[cid])
-                        for cid, b, raw_len in jobs}
+        self.futures = {}
+        for cid, bound in bounds.items():
+            codec, _tr, raw_len, b = self.stored.get(cid, (0, 0, 0, b""))
+            if codec == 1 and (1 << 16) <= raw_len <= bound:
+                self.futures[cid] = pool.submit(F.inflate, b, raw_len, self.at, F.COLUMN_NAMES[cid])
 
     def _slot_codes(self, Q):
         """ID_SLOTS as (its bytes, whether nibble-packed), after checking a packed column's unused
@@ -703,7 +706,7 @@ class _ChunkData:
         if (pc["flags"] & ~np.uint32(3)).any():
             raise FormatError(f"{name}: piece flags have unknown bits", at, "corrupt")
         nfirst = int((pc["flags"] & 1).sum())
-        rb = self.col(F.RECORDS, None, 1)
+        rb = bytes(self.col(F.RECORDS, None, 1))
         entries = []
         p = 0
         try:
@@ -754,10 +757,7 @@ class _ChunkData:
         else:
             present = None   # every (layer, row) present: no scatter needed
             Q = L * R
-        w = rd.id_dtype.itemsize
-        wsz = rd.wdt.itemsize if rd.wdt is not None else 0
-        lsz = rd.ldt.itemsize if rd.ldt is not None else 0
-        self.prefetch({F.ID_SLOTS: Q * k, F.ID_NEW: Q * k * w, F.WEIGHTS: Q * k * wsz, F.LOGITS: Q * E * lsz})
+        self.prefetch()
         ntok = sum(e["n_tokens"] for e in entries)
         tokens = np.frombuffer(self.col(F.TOKENS, 4 * ntok, 4), dtype="<i4")
         logprobs = None
