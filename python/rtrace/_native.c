@@ -170,6 +170,7 @@ typedef struct {
     int k;
     unsigned mask;              /* the smallest 2^n - 1 >= k - 1: see DECODE_CODES */
     uint8_t invalid[2][256];    /* invalid[has_prev][code]: whether code is invalid in such a row */
+    int simd;                   /* rows go to decode_codes_ssse3 (k <= 8 and the CPU has SSSE3) */
 } Coding;
 
 /* Decodes the k codes c of a row into row, given the previous row (ZERO_ROW when there is none)
@@ -205,6 +206,7 @@ DECODE_CODES(decode_codes_u16, 2, 0)
 DECODE_CODES(decode_codes_u8_clamped, 1, 1)
 DECODE_CODES(decode_codes_u16_clamped, 2, 1)
 
+
 /* Decodes the row of k codes at `entry` into row, the previous row being prev (NULL: none); takes
  * ID_NEW ids from *taken on. Returns whether a code is invalid (row then holds garbage). */
 static inline int decode_row(const Coding *cd, Py_ssize_t entry, const int32_t *prev, Py_ssize_t *taken,
@@ -219,6 +221,134 @@ static inline int decode_row(const Coding *cd, Py_ssize_t entry, const int32_t *
     return cd->fresh.width == 1 ? decode_codes_u8_clamped(c, cd, p, prev != NULL, taken, row)
                                 : decode_codes_u16_clamped(c, cd, p, prev != NULL, taken, row);
 }
+
+/* The SSSE3 kernel: a row of k <= 8 codes in a few vector instructions, on x86 CPUs that have SSSE3
+ * (checked at import; use_simd() turns it off for tests). Elsewhere the scalar DECODE_CODES runs. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define HAVE_SSSE3_KERNEL 1
+#include <immintrin.h>
+
+static int simd_enabled;
+
+/* EXPAND[width - 1][m]: for a row whose markers are the set bits m of its 8 codes, the byte shuffle
+ * that puts the row's i-th new id (u8, or u16 little-endian, from a vector of the next ids) into the
+ * int32 lane of its i-th marker, zero-extended; bytes with bit 7 set come out zero. */
+static uint8_t EXPAND[2][256][32];
+
+static void init_expand(void)
+{
+    for (unsigned m = 0; m < 256; m++) {
+        unsigned rank = 0;
+        memset(EXPAND[0][m], 0x80, 32);
+        memset(EXPAND[1][m], 0x80, 32);
+        for (unsigned j = 0; j < 8; j++)
+            if (m >> j & 1) {
+                EXPAND[0][m][4 * j] = (uint8_t)rank;
+                EXPAND[1][m][4 * j] = (uint8_t)(2 * rank);
+                EXPAND[1][m][4 * j + 1] = (uint8_t)(2 * rank + 1);
+                rank++;
+            }
+    }
+}
+
+/* Four int32 lanes of prev[c] for the codes whose byte offsets 4c sit in bytes `lanes` (0-3 or 4-7)
+ * of c4: pshufb picks each lane's bytes from prev's low half (c < 4) or high half (c >= 4); a
+ * control byte with bit 7 set (a marker: 4 * 0xFF = 0xFC mod 256; the other half) gives zero. */
+__attribute__((target("ssse3"))) static inline __m128i gather_prev(__m128i c4, __m128i lanes, __m128i lo,
+                                                                  __m128i hi)
+{
+    const __m128i byte_of_lane = _mm_set_epi8(3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0, 3, 2, 1, 0);
+    const __m128i bit4 = _mm_set1_epi8(0x10);
+    __m128i idx = _mm_add_epi8(_mm_shuffle_epi8(c4, lanes), byte_of_lane);
+    __m128i in_hi = _mm_slli_epi16(_mm_and_si128(idx, bit4), 3);                   /* 0x80 where c >= 4 */
+    __m128i in_lo = _mm_slli_epi16(_mm_andnot_si128(idx, bit4), 3);                /* 0x80 where c < 4 */
+    return _mm_or_si128(_mm_shuffle_epi8(lo, _mm_or_si128(idx, in_hi)), _mm_shuffle_epi8(hi, _mm_or_si128(idx, in_lo)));
+}
+
+/* The 8 codes from entry `first` (those past k are ignored) as bytes of a vector: loaded straight
+ * from the column (two codes per byte split into nibbles when packed), or through read_codes near the
+ * column's end and at an odd entry of a packed column. */
+__attribute__((target("ssse3"))) static inline __m128i load_codes8(const Codes *c, Py_ssize_t first, int k)
+{
+    uint8_t buf[MAX_CODE];
+    if (!c->packed && first + 8 <= c->count)
+        return _mm_loadl_epi64((const __m128i *)(c->data + first));
+    if (c->packed && !(first & 1) && first + 8 <= c->count) {
+        int32_t four;
+        __m128i b, nib, fifteen = _mm_set1_epi8(NIBBLE_NEW);
+        memcpy(&four, c->data + first / 2, 4);
+        b = _mm_cvtsi32_si128(four);
+        nib = _mm_unpacklo_epi8(_mm_and_si128(b, fifteen), _mm_and_si128(_mm_srli_epi16(b, 4), fifteen));
+        return _mm_or_si128(nib, _mm_and_si128(_mm_cmpeq_epi8(nib, fifteen), _mm_set1_epi8((char)0xF0)));
+    }
+    read_codes(c, first, k, buf);
+    return _mm_loadl_epi64((const __m128i *)buf);
+}
+
+/* DECODE_CODES for the row of k <= 8 codes at `entry`, with SSSE3: the same row and the same flag.
+ * Needs 8 ids readable from *taken on (the caller checks); prev's k lanes are copied when k < 8. */
+__attribute__((target("ssse3"))) static inline int decode_row_ssse3(const Coding *cd, Py_ssize_t entry,
+                                                                    const int32_t *prev, int has_prev,
+                                                                    Py_ssize_t *taken, int32_t *row)
+{
+    const int k = cd->k, W = cd->fresh.width;
+    const unsigned lanes = (1u << k) - 1;
+    int32_t prev8[8] = {0}, row8[8];
+    __m128i codes, top, ok, c4, ids, lo, hi, out_lo, out_hi;
+    unsigned markers, valid;
+
+    if (k < 8)
+        memcpy(prev8, prev, (size_t)k * sizeof(int32_t));
+    lo = _mm_loadu_si128((const __m128i *)(k < 8 ? prev8 : prev));
+    hi = _mm_loadu_si128((const __m128i *)(k < 8 ? prev8 : prev) + 1);
+    codes = load_codes8(&cd->codes, entry, k);
+    markers = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(codes, _mm_set1_epi8((char)NEW_MARKER))) & lanes;
+    top = _mm_set1_epi8((char)(k - 1));
+    ok = _mm_cmpeq_epi8(_mm_max_epu8(codes, top), top);                              /* c <= k - 1 */
+    valid = markers | (has_prev ? (unsigned)_mm_movemask_epi8(ok) & lanes : 0);
+    c4 = _mm_add_epi8(codes, codes);
+    c4 = _mm_add_epi8(c4, c4);
+    ids = W == 1 ? _mm_loadl_epi64((const __m128i *)(cd->fresh.data + *taken))
+                 : _mm_loadu_si128((const __m128i *)(cd->fresh.data + 2 * *taken));
+    out_lo = _mm_or_si128(gather_prev(c4, _mm_set_epi8(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0), lo, hi),
+                          _mm_shuffle_epi8(ids, _mm_loadu_si128((const __m128i *)EXPAND[W - 1][markers])));
+    out_hi = _mm_or_si128(gather_prev(c4, _mm_set_epi8(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4), lo, hi),
+                          _mm_shuffle_epi8(ids, _mm_loadu_si128((const __m128i *)EXPAND[W - 1][markers] + 1)));
+    _mm_storeu_si128((__m128i *)(k < 8 ? row8 : row), out_lo);
+    _mm_storeu_si128((__m128i *)(k < 8 ? row8 : row) + 1, out_hi);
+    if (k < 8)
+        memcpy(row, row8, (size_t)k * sizeof(int32_t));
+    *taken += __builtin_popcount(markers);
+    return valid != lanes;
+}
+
+/* decode_row with the SSSE3 kernel where 8 ids are left to read. */
+__attribute__((target("ssse3"))) static inline int decode_row_simd(const Coding *cd, Py_ssize_t entry,
+                                                                   const int32_t *prev, Py_ssize_t *taken,
+                                                                   int32_t *row)
+{
+    if (*taken + 8 <= cd->fresh.count)
+        return decode_row_ssse3(cd, entry, prev ? prev : ZERO_ROW, prev != NULL, taken, row);
+    return decode_row(cd, entry, prev, taken, row);
+}
+
+/* Whether this CPU runs the SSSE3 kernel; fills its tables (at import). */
+static int init_simd(void)
+{
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("ssse3"))
+        return 0;
+    init_expand();
+    return 1;
+}
+#else
+static int simd_enabled;
+
+static int init_simd(void)
+{
+    return 0;
+}
+#endif
 
 /* The error of the row at `entry`, in the order reader.py reports errors: its first invalid code,
  * unless that is a reuse code without a previous row and a later code is a bad byte (bad bytes
@@ -330,31 +460,61 @@ static Py_ssize_t start_layers(const Coding *cd, const Grid *g, LayerCursor *cur
     return taken;
 }
 
-/* Decodes row by row (each piece, each row, each layer), each layer from its own cursor, so that
- * out is written in order; the caller set the cursors with start_layers. Every read stays in
- * bounds on any input; returns whether a code was invalid (the error is then found in coding order
- * by decode_chunk_in_order). */
+/* Rows decoded layer by layer at a time by the row-order decoders: the block's output stays in the
+ * cache while each layer's codes and ids (or values) are read in order. */
+#define BLOCK_ROWS 64
+
+/* Decodes rows [r0, r1) of every layer into out ([R, L, k]), layer by layer, each (layer, row) with
+ * ROW from its layer's cursor, -1 where missing; returns whether a code was invalid. */
+#define DECODE_BLOCK(NAME, ATTR, ROW)                                                                    \
+    ATTR static int NAME(const Coding *cd, const Grid *g, Py_ssize_t r0, Py_ssize_t r1, LayerCursor *cur,  \
+                         int32_t *out)                                                                  \
+    {                                                                                                   \
+        const size_t stride = (size_t)g->L * cd->k;                                                     \
+        int bad = 0;                                                                                    \
+        for (Py_ssize_t l = 0; l < g->L; l++) {                                                         \
+            LayerCursor *c = &cur[l];                                                                   \
+            int32_t *o = out + (size_t)r0 * stride + (size_t)l * cd->k;                                 \
+            for (Py_ssize_t r = r0; r < r1; r++, o += stride) {                                         \
+                if (!is_present(g, l, r)) {                                                             \
+                    memset(o, 0xFF, (size_t)cd->k * sizeof(int32_t));                                   \
+                    continue;                                                                           \
+                }                                                                                       \
+                bad |= ROW(cd, c->entry, c->prev, &c->taken, o);                                        \
+                c->prev = o;                                                                            \
+                c->entry += cd->k;                                                                      \
+            }                                                                                           \
+        }                                                                                               \
+        return bad;                                                                                     \
+    }
+DECODE_BLOCK(decode_block, , decode_row)
+#ifdef HAVE_SSSE3_KERNEL
+DECODE_BLOCK(decode_block_ssse3, __attribute__((target("ssse3"))), decode_row_simd)
+#endif
+
+typedef int (*DecodeBlock)(const Coding *, const Grid *, Py_ssize_t, Py_ssize_t, LayerCursor *, int32_t *);
+
+/* Decodes in row order (each piece, each block of its rows, each layer), each layer from its own
+ * cursor, so that out is written block by block; the caller set the cursors with start_layers.
+ * Every read stays in bounds on any input; returns whether a code was invalid (the error is then
+ * found in coding order by decode_chunk_in_order). */
 static int decode_chunk_by_rows(const Coding *cd, const Grid *g, const int64_t *piece_rows, Py_ssize_t P,
                                 LayerCursor *cur, int32_t *out)
 {
-    const int k = cd->k;
-    int32_t *o = out;
+    DecodeBlock block = decode_block;
     int bad = 0;
     Py_ssize_t r = 0;
+#ifdef HAVE_SSSE3_KERNEL
+    if (cd->simd)
+        block = decode_block_ssse3;
+#endif
     for (Py_ssize_t p = 0; p < P; p++) {
+        Py_ssize_t end = r + (Py_ssize_t)piece_rows[p];
         for (Py_ssize_t l = 0; l < g->L; l++)
             cur[l].prev = NULL;
-        for (Py_ssize_t end = r + (Py_ssize_t)piece_rows[p]; r < end; r++)
-            for (Py_ssize_t l = 0; l < g->L; l++, o += k) {
-                LayerCursor *c = &cur[l];
-                if (!is_present(g, l, r)) {
-                    memset(o, 0xFF, (size_t)k * sizeof(int32_t));
-                    continue;
-                }
-                bad |= decode_row(cd, c->entry, c->prev, &c->taken, o);
-                c->prev = o;
-                c->entry += k;
-            }
+        for (; r < end; r += BLOCK_ROWS)
+            bad |= block(cd, g, r, r + BLOCK_ROWS < end ? r + BLOCK_ROWS : end, cur, out);
+        r = end;
     }
     return bad;
 }
@@ -372,15 +532,53 @@ static void decode_chunk(const Coding *cd, const Grid *g, const int64_t *piece_r
 /* ---------------------------------------------------------------------------------------------- */
 /* Float columns (§5.5, §6.1)                                                                      */
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+
+/* Interleaves the bytes of 2 planes into 2-byte elements, 8 at a time; returns the elements done. */
+static inline size_t interleave2(const uint8_t *p0, const uint8_t *p1, size_t n, uint8_t *dst)
+{
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm_storeu_si128((__m128i *)(dst + 2 * j), _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(p0 + j)),
+                                                                     _mm_loadl_epi64((const __m128i *)(p1 + j))));
+    return j;
+}
+
+/* Interleaves the bytes of 4 planes into 4-byte elements, 8 at a time; returns the elements done. */
+static inline size_t interleave4(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2, const uint8_t *p3, size_t n,
+                                 uint8_t *dst)
+{
+    size_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m128i b01 = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(p0 + j)),
+                                        _mm_loadl_epi64((const __m128i *)(p1 + j)));
+        __m128i b23 = _mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)(p2 + j)),
+                                        _mm_loadl_epi64((const __m128i *)(p3 + j)));
+        _mm_storeu_si128((__m128i *)(dst + 4 * j), _mm_unpacklo_epi16(b01, b23));
+        _mm_storeu_si128((__m128i *)(dst + 4 * j + 16), _mm_unpackhi_epi16(b01, b23));
+    }
+    return j;
+}
+#endif
+
 /* Copies n elements of w bytes, from element t of a column of N elements, into dst: from the w byte
- * planes of N bytes each when shuffled (§6.1), else from consecutive elements. */
+ * planes of N bytes each when shuffled (§6.1; SSE2 interleaves 2- and 4-byte elements where there
+ * is SSE2), else from consecutive elements. */
 static inline void gather(const uint8_t *src, size_t N, size_t t, size_t n, int w, int shuffled, uint8_t *dst)
 {
+    size_t j = 0;
     if (!shuffled) {
         memcpy(dst, src + t * w, n * w);
         return;
     }
-    for (size_t j = 0; j < n; j++)
+#ifdef __SSE2__
+    if (w == 2)
+        j = interleave2(src + t, src + N + t, n, dst);
+    else if (w == 4)
+        j = interleave4(src + t, src + N + t, src + 2 * N + t, src + 3 * N + t, n, dst);
+#endif
+    for (; j < n; j++)
         for (int b = 0; b < w; b++)
             dst[j * w + b] = src[b * N + t + j];
 }
@@ -399,26 +597,32 @@ GATHER_W(8)
 typedef void (*GatherFn)(const uint8_t *, size_t, size_t, size_t, int, uint8_t *);
 
 /* Scatters a layer-major column of n values of w bytes per present (layer, row) into out, [R, L, n]
- * row-major (written in order, each layer read from its own cursor), zero bytes where missing. */
+ * row-major, zero bytes where missing: block by block of rows, layer by layer within a block, each
+ * layer read from its own cursor. */
 static void scatter_by_rows(const Grid *g, const uint8_t *src, size_t n, int w, int shuffled, size_t *cursor,
                             uint8_t *out)
 {
     GatherFn fn = w == 1 ? gather_w1 : w == 2 ? gather_w2 : w == 4 ? gather_w4 : gather_w8;
-    const size_t row_bytes = n * w;
+    const size_t value_bytes = n * w, stride = (size_t)g->L * value_bytes;
     size_t N = 0;
     for (Py_ssize_t l = 0; l < g->L; l++) {
         cursor[l] = N;
         N += (size_t)layer_present(g, l) * n;
     }
-    for (Py_ssize_t r = 0; r < g->R; r++)
-        for (Py_ssize_t l = 0; l < g->L; l++, out += row_bytes) {
-            if (!is_present(g, l, r)) {
-                memset(out, 0, row_bytes);
-                continue;
+    for (Py_ssize_t r0 = 0; r0 < g->R; r0 += BLOCK_ROWS) {
+        Py_ssize_t r1 = r0 + BLOCK_ROWS < g->R ? r0 + BLOCK_ROWS : g->R;
+        for (Py_ssize_t l = 0; l < g->L; l++) {
+            uint8_t *o = out + (size_t)r0 * stride + (size_t)l * value_bytes;
+            for (Py_ssize_t r = r0; r < r1; r++, o += stride) {
+                if (!is_present(g, l, r)) {
+                    memset(o, 0, value_bytes);
+                    continue;
+                }
+                fn(src, N, cursor[l], n, shuffled, o);
+                cursor[l] += n;
             }
-            fn(src, N, cursor[l], n, shuffled, out);
-            cursor[l] += n;
         }
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -482,6 +686,7 @@ static int init_coding(Coding *cd, const Py_buffer *slots, int packed, long long
         cd->invalid[0][c] = (uint8_t)code_invalid(c, k, 0);
         cd->invalid[1][c] = (uint8_t)code_invalid(c, k, 1);
     }
+    cd->simd = simd_enabled && k <= 8;
     return 0;
 }
 
@@ -698,6 +903,24 @@ done:
     return result;
 }
 
+static int simd_available;
+
+PyDoc_STRVAR(use_simd_doc,
+"use_simd([flag]) -> bool\n\n"
+"Whether the id decoders use the SSSE3 kernel for top_k <= 8 (x86 CPUs with SSSE3; the scalar code\n"
+"otherwise). With `flag`, turns it on (where available) or off first. Both give the same results; tests\n"
+"compare them.");
+
+static PyObject *use_simd(PyObject *self, PyObject *args)
+{
+    int flag = -1;
+    if (!PyArg_ParseTuple(args, "|p:use_simd", &flag))
+        return NULL;
+    if (flag >= 0)
+        simd_enabled = flag && simd_available;
+    return PyBool_FromLong(simd_enabled);
+}
+
 /* ---------------------------------------------------------------------------------------------- */
 /* The module                                                                                      */
 
@@ -706,6 +929,7 @@ static PyMethodDef methods[] = {
     {"decode_ids", decode_ids, METH_VARARGS, decode_ids_doc},
     {"decode_chunk_ids", decode_chunk_ids, METH_VARARGS, decode_chunk_ids_doc},
     {"scatter_floats", scatter_floats, METH_VARARGS, scatter_floats_doc},
+    {"use_simd", use_simd, METH_VARARGS, use_simd_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -721,6 +945,7 @@ PyMODINIT_FUNC PyInit__native(void)
 {
     PyObject *m;
     init_nibble_pairs();
+    simd_enabled = simd_available = init_simd();
     m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;

@@ -27,6 +27,17 @@ def native():
     return native_module()
 
 
+@pytest.fixture(params=["simd", "scalar"])
+def kernel(request, native):
+    """Runs a test with the SSSE3 row kernel of decode_chunk_ids (top_k <= 8; skipped where the CPU or
+    compiler has none) and with the scalar code."""
+    was = native.use_simd()
+    if native.use_simd(request.param == "simd") != (request.param == "simd"):
+        pytest.skip("no SSSE3 kernel on this machine")
+    yield request.param
+    native.use_simd(was)
+
+
 # codings --------------------------------------------------------------------------------------------
 def coding(seed):
     """A random valid coding (§6.2) of a random chunk: k 1..20 (1..15 nibble-packable), u8 or u16 ids,
@@ -95,7 +106,7 @@ SEEDS = range(150)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_valid_codings_decode_alike(native, seed):
+def test_valid_codings_decode_alike(native, kernel, seed):
     c = coding(seed)
     want = c["ids"][c["present"]]                       # [Q, k] in coding order
     assert same(numpy_result(c), want)
@@ -140,7 +151,7 @@ def corruptions(c, rng):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_invalid_codings_fail_alike(native, seed):
+def test_invalid_codings_fail_alike(native, kernel, seed):
     c = coding(seed)
     rng = np.random.default_rng(seed + 1000)
     for slots, new in corruptions(c, rng):
@@ -167,7 +178,7 @@ def test_error_order_bad_byte_after_missing_previous(native):
     assert numpy_result(c, slots, new) == want == native_result(c, slots, new)
 
 
-def test_long_chains_and_u16_extremes(native):
+def test_long_chains_and_u16_extremes(native, kernel):
     """Ids up to 65534 through reuse chains as long as the chunk."""
     L, R, k = 3, 4000, 8
     rng = np.random.default_rng(1)
