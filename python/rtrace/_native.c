@@ -270,7 +270,7 @@ __attribute__((target("ssse3"))) static inline __m128i gather_prev(__m128i c4, _
  * column's end and at an odd entry of a packed column. */
 __attribute__((target("ssse3"))) static inline __m128i load_codes8(const Codes *c, Py_ssize_t first, int k)
 {
-    uint8_t buf[MAX_CODE];
+    uint8_t buf[8] = {0};
     if (!c->packed && first + 8 <= c->count)
         return _mm_loadl_epi64((const __m128i *)(c->data + first));
     if (c->packed && !(first & 1) && first + 8 <= c->count) {

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import struct
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional
@@ -260,6 +261,7 @@ class Reader:
         self.complete: Optional[bool] = None
         self._index = None
         self._warned_ext = set()
+        self._buffers = _Buffers()
         self._read_header()
         if self._src.seekable:
             self.complete = self._try_index()
@@ -567,10 +569,44 @@ class Reader:
         return _ChunkData(self, at, P, R, stored)
 
 
+class _Buffers:
+    """Arrays the native decoder decodes chunks into, reused: a chunk hands its arrays back once the
+    assembler has copied its records out of them (a fresh array costs a page fault per 4 KiB when it
+    is first written). Keeps at most two free buffers per dtype."""
+
+    def __init__(self):
+        self._free = {}
+        self._lock = threading.Lock()   # the decoding thread takes, the reading thread gives back
+
+    def take(self, shape, dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape``: a view of a free buffer large enough, or new."""
+        n = int(np.prod(shape))
+        with self._lock:
+            free = self._free.get(np.dtype(dtype), [])
+            for i, buf in enumerate(free):
+                if buf.size >= n:
+                    return free.pop(i)[:n].reshape(shape)
+        return np.empty(n, dtype).reshape(shape)
+
+    def give(self, arrays):
+        """Hands back arrays from take(); their buffers are free to reuse."""
+        with self._lock:
+            for a in arrays:
+                free = self._free.setdefault(a.dtype, [])
+                if len(free) < 2:
+                    free.append(a.base)
+
+
 class _ChunkData:
     def __init__(self, rd: Reader, at: int, P: int, R: int, stored: dict):
         self.rd, self.at, self.P, self.R, self.stored = rd, at, P, R, stored
         self.futures = None
+        self.taken = []    # arrays from rd._buffers that the decoded chunk lives in
+
+    def release(self):
+        """Hands the decoded chunk's arrays back to the reader once its records were copied out."""
+        self.rd._buffers.give(self.taken)
+        self.taken = []
 
     def col(self, cid, expect_len, width, keep_shuffled=False):
         """The column's raw bytes (inflated, un-shuffled). With keep_shuffled, returns
@@ -662,7 +698,7 @@ class _ChunkData:
         data, packed = self._slot_codes(Q)
         w = rd.id_dtype.itemsize
         new = self.col(F.ID_NEW, _native.count_new(data, packed, Q * k) * w, w)
-        ids = np.empty((R, L, k), dtype=np.int32)
+        ids = self._take((R, L, k), np.int32)
         err = _native.decode_chunk_ids(data, packed, new, w, k, L, R, piece_rows, present, ids)
         if err is not None:
             raise self._ids_error(_native_error(err, k, len(new) // w, self.at))
@@ -670,13 +706,18 @@ class _ChunkData:
         logits = self._floats_native(F.LOGITS, rd.ldt, E, Q, present) if rd.ldt is not None else None
         return ids, weights, logits
 
+    def _take(self, shape, dtype) -> np.ndarray:
+        a = self.rd._buffers.take(shape, dtype)
+        self.taken.append(a)
+        return a
+
     def _floats_native(self, cid, dt, n, Q, present):
         """A float column as a new [R, L, n] array of ``dt`` (zeros where missing), un-shuffled and
         scattered by rtrace._native in one pass."""
         L, R = self.rd.L, self.R
         sz = dt.itemsize
         data, tr = self.col(cid, Q * n * sz, sz, keep_shuffled=True)
-        out = np.empty((R, L, n), dtype=dt)
+        out = self._take((R, L, n), dt)
         _native.scatter_floats(data, sz, tr == 1, n, L, R, present, out)
         return out
 
@@ -862,4 +903,5 @@ class _Assembler:
                     out.append(rec)
                 if only is not None and only == ordinal:
                     break
+        chunk.release()    # every row was copied into its record
         return out
