@@ -170,7 +170,7 @@ typedef struct {
     int k;
     unsigned mask;              /* the smallest 2^n - 1 >= k - 1: see DECODE_CODES */
     uint8_t invalid[2][256];    /* invalid[has_prev][code]: whether code is invalid in such a row */
-    int simd;                   /* rows go to decode_codes_ssse3 (k <= 8 and the CPU has SSSE3) */
+    int simd;                   /* the row-order decoder uses decode_row_ssse3 (k <= 8, SSSE3 in use) */
 } Coding;
 
 /* Decodes the k codes c of a row into row, given the previous row (ZERO_ROW when there is none)
@@ -206,7 +206,6 @@ DECODE_CODES(decode_codes_u16, 2, 0)
 DECODE_CODES(decode_codes_u8_clamped, 1, 1)
 DECODE_CODES(decode_codes_u16_clamped, 2, 1)
 
-
 /* Decodes the row of k codes at `entry` into row, the previous row being prev (NULL: none); takes
  * ID_NEW ids from *taken on. Returns whether a code is invalid (row then holds garbage). */
 static inline int decode_row(const Coding *cd, Py_ssize_t entry, const int32_t *prev, Py_ssize_t *taken,
@@ -224,11 +223,11 @@ static inline int decode_row(const Coding *cd, Py_ssize_t entry, const int32_t *
 
 /* The SSSE3 kernel: a row of k <= 8 codes in a few vector instructions, on x86 CPUs that have SSSE3
  * (checked at import; use_simd() turns it off for tests). Elsewhere the scalar DECODE_CODES runs. */
+static int simd_available, simd_enabled;
+
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define HAVE_SSSE3_KERNEL 1
 #include <immintrin.h>
-
-static int simd_enabled;
 
 /* EXPAND[width - 1][m]: for a row whose markers are the set bits m of its 8 codes, the byte shuffle
  * that puts the row's i-th new id (u8, or u16 little-endian, from a vector of the next ids) into the
@@ -342,8 +341,6 @@ static int init_simd(void)
     return 1;
 }
 #else
-static int simd_enabled;
-
 static int init_simd(void)
 {
     return 0;
@@ -563,8 +560,8 @@ static inline size_t interleave4(const uint8_t *p0, const uint8_t *p1, const uin
 #endif
 
 /* Copies n elements of w bytes, from element t of a column of N elements, into dst: from the w byte
- * planes of N bytes each when shuffled (§6.1; SSE2 interleaves 2- and 4-byte elements where there
- * is SSE2), else from consecutive elements. */
+ * planes of N bytes each when shuffled (§6.1; 2- and 4-byte elements 8 at a time with SSE2, where
+ * the compiler targets it), else from consecutive elements. */
 static inline void gather(const uint8_t *src, size_t N, size_t t, size_t n, int w, int shuffled, uint8_t *dst)
 {
     size_t j = 0;
@@ -902,8 +899,6 @@ done:
     PyBuffer_Release(&out);
     return result;
 }
-
-static int simd_available;
 
 PyDoc_STRVAR(use_simd_doc,
 "use_simd([flag]) -> bool\n\n"
