@@ -707,13 +707,14 @@ class _ChunkData:
         return ids, weights, logits
 
     def _take(self, shape, dtype) -> np.ndarray:
+        """An array to decode into, from the reader's buffers; release() hands it back."""
         a = self.rd._buffers.take(shape, dtype)
         self.taken.append(a)
         return a
 
     def _floats_native(self, cid, dt, n, Q, present):
-        """A float column as a new [R, L, n] array of ``dt`` (zeros where missing), un-shuffled and
-        scattered by rtrace._native in one pass."""
+        """A float column as an [R, L, n] array of ``dt`` (one of the reader's reused buffers; zeros
+        where missing), un-shuffled and scattered by rtrace._native in one pass."""
         L, R = self.rd.L, self.R
         sz = dt.itemsize
         data, tr = self.col(cid, Q * n * sz, sz, keep_shuffled=True)
