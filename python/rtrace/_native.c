@@ -28,6 +28,7 @@ enum {
     ERR_BAD_CODE = 1,     /* a slot code neither NEW_MARKER nor < top_k: its entry and code */
     ERR_NO_PREVIOUS = 2,  /* a reuse code in a row without a previous row: its entry and code */
     ERR_NEW_COUNT = 3,    /* ID_NEW holds another number of ids than there are markers: markers, 0 */
+    ERR_STRAY_NIBBLE = 4, /* packed, an odd number of codes and a non-zero unused last nibble: its entry, nibble */
 };
 
 typedef struct {
@@ -364,11 +365,38 @@ static void locate_error(const Coding *cd, Py_ssize_t entry, int has_prev, IdErr
     }
 }
 
+/* Whether a packed column's unused high nibble (an odd number of codes) is non-zero, which §6.3
+ * forbids; sets *err. */
+static int stray_nibble(const Codes *c, IdError *err)
+{
+    unsigned high;
+    if (!c->packed || !(c->count & 1) || !(high = c->data[c->count / 2] >> 4))
+        return 0;
+    *err = (IdError){ERR_STRAY_NIBBLE, c->count, high};
+    return 1;
+}
+
 /* After a pass that took `taken` ids without an invalid code: the count error, if any. */
 static void check_new_count(const Coding *cd, Py_ssize_t taken, IdError *err)
 {
     if (taken != cd->fresh.count)
         *err = (IdError){ERR_NEW_COUNT, taken, 0};
+}
+
+/* Decodes Q rows in order into out (Q*k int32), row q's previous row being row q - 1 where
+ * has_prev[q] (q > 0); stops at the first invalid code. Sets *err. */
+static void decode_rows_in_order(const Coding *cd, const uint8_t *has_prev, Py_ssize_t Q, int32_t *out,
+                                 IdError *err)
+{
+    Py_ssize_t taken = 0;
+    for (Py_ssize_t q = 0; q < Q; q++, out += cd->k) {
+        const int32_t *prev = q > 0 && has_prev[q] ? out - cd->k : NULL;
+        if (decode_row(cd, q * cd->k, prev, &taken, out)) {
+            locate_error(cd, q * cd->k, prev != NULL, err);
+            return;
+        }
+    }
+    check_new_count(cd, taken, err);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -774,7 +802,8 @@ PyDoc_STRVAR(decode_ids_doc,
 "non-zero where the previous row of row q > 0 is row q-1. Returns None, or the first error in the\n"
 "order reader.py reports them: (ERR_BAD_CODE, entry, code) a code neither 0xFF nor < k, anywhere;\n"
 "(ERR_NO_PREVIOUS, entry, code) a reuse code in a row without a previous row; (ERR_NEW_COUNT,\n"
-"markers, 0) ID_NEW holding another number of ids than there are markers.");
+"markers, 0) ID_NEW holding another number of ids than there are markers; first of all\n"
+"(ERR_STRAY_NIBBLE, count, nibble) a packed column's non-zero unused high nibble (spec §6.3).");
 
 static PyObject *decode_ids(PyObject *self, PyObject *args)
 {
@@ -790,18 +819,8 @@ static PyObject *decode_ids(PyObject *self, PyObject *args)
         || expect_len(&out, (long long)valid.len * k * 4, "out") || expect_int32_aligned(&out, "out"))
         goto done;
     Py_BEGIN_ALLOW_THREADS
-    const uint8_t *has_prev = (const uint8_t *)valid.buf;
-    int32_t *o = (int32_t *)out.buf;
-    Py_ssize_t taken = 0, q;
-    for (q = 0; q < valid.len; q++, o += k) {
-        const int32_t *prev = q > 0 && has_prev[q] ? o - k : NULL;
-        if (decode_row(&cd, q * k, prev, &taken, o)) {
-            locate_error(&cd, q * k, prev != NULL, &err);
-            break;
-        }
-    }
-    if (q == valid.len)
-        check_new_count(&cd, taken, &err);
+    if (!stray_nibble(&cd.codes, &err))
+        decode_rows_in_order(&cd, (const uint8_t *)valid.buf, valid.len, (int32_t *)out.buf, &err);
     Py_END_ALLOW_THREADS
     result = decode_result(&err);
 done:
@@ -845,7 +864,8 @@ static PyObject *decode_chunk_ids(PyObject *self, PyObject *args)
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    decode_chunk(&cd, &g, (const int64_t *)pieces.buf, pieces.len / 8, cur, (int32_t *)out.buf, &err);
+    if (!stray_nibble(&cd.codes, &err))
+        decode_chunk(&cd, &g, (const int64_t *)pieces.buf, pieces.len / 8, cur, (int32_t *)out.buf, &err);
     Py_END_ALLOW_THREADS
     result = decode_result(&err);
 done:
@@ -946,7 +966,8 @@ PyMODINIT_FUNC PyInit__native(void)
         return NULL;
     if (PyModule_AddIntConstant(m, "ERR_BAD_CODE", ERR_BAD_CODE)
         || PyModule_AddIntConstant(m, "ERR_NO_PREVIOUS", ERR_NO_PREVIOUS)
-        || PyModule_AddIntConstant(m, "ERR_NEW_COUNT", ERR_NEW_COUNT)) {
+        || PyModule_AddIntConstant(m, "ERR_NEW_COUNT", ERR_NEW_COUNT)
+        || PyModule_AddIntConstant(m, "ERR_STRAY_NIBBLE", ERR_STRAY_NIBBLE)) {
         Py_DECREF(m);
         return NULL;
     }

@@ -79,6 +79,9 @@ def _new_count(n_new: int, markers: int, where) -> FormatError:
     return FormatError(f"ID_NEW holds {n_new} values but ID_SLOTS has {markers} 0xFF bytes", where)
 
 
+_STRAY_NIBBLE = "ID_SLOTS: the unused high nibble of its last byte is not 0"
+
+
 def _native_error(err, k: int, n_new: int, where) -> FormatError:
     """The FormatError of an error tuple (kind, entry, value) of rtrace._native's decoders: the one
     decode_ids_numpy raises for the same coding."""
@@ -88,6 +91,8 @@ def _native_error(err, k: int, n_new: int, where) -> FormatError:
         return _bad_code(value, entry, k, where)
     if kind == native.ERR_NO_PREVIOUS:
         return _no_previous(entry, where)
+    if kind == native.ERR_STRAY_NIBBLE:
+        return FormatError(_STRAY_NIBBLE, where)
     return _new_count(n_new, entry, where)
 
 
@@ -656,7 +661,7 @@ class _ChunkData:
             return self.col(F.ID_SLOTS, Q * k, 1), False
         data = self.col(F.ID_SLOTS, (Q * k + 1) // 2, 1)
         if F.stray_nibble(data, Q * k):
-            raise FormatError(f"{name}: ID_SLOTS: the unused high nibble of its last byte is not 0", self.at, "corrupt")
+            raise FormatError(f"{name}: {_STRAY_NIBBLE}", self.at, "corrupt")
         return data, True
 
     def _ids_error(self, e: FormatError) -> FormatError:

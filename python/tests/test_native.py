@@ -178,6 +178,25 @@ def test_error_order_bad_byte_after_missing_previous(native):
     assert numpy_result(c, slots, new) == want == native_result(c, slots, new)
 
 
+def test_stray_nibble_is_an_error_of_the_native_decoders(native):
+    """An odd number of packed codes whose unused high nibble is not 0 (§6.3): both entry points say so,
+    in the reader's words."""
+    c = dict(k=3, valid=np.array([False]), width=1)
+    packed = bytes([0xFF, 0x1F])                          # codes 15, 15, 15 and a stray 1
+    want = "corrupt at byte 7: " + RD._STRAY_NIBBLE
+    try:
+        RD.decode_ids_native(packed, np.array([1, 2, 3], np.uint8), c["valid"], 3, 7, packed=True)
+    except rtrace.FormatError as e:
+        assert str(e) == want
+    else:
+        raise AssertionError("a stray nibble decoded")
+    out = np.empty((1, 1, 3), np.int32)
+    err = native.decode_chunk_ids(packed, True, b"\x01\x02\x03", 1, 3, 1, 1, np.array([1], np.int64), None, out)
+    assert err == (native.ERR_STRAY_NIBBLE, 3, 1)
+    assert native.decode_chunk_ids(bytes([0xFF, 0x0F]), True, b"\x01\x02\x03", 1, 3, 1, 1, np.array([1], np.int64),
+                                   None, out) is None and out.tolist() == [[[1, 2, 3]]]
+
+
 def test_long_chains_and_u16_extremes(native, kernel):
     """Ids up to 65534 through reuse chains as long as the chunk."""
     L, R, k = 3, 4000, 8
