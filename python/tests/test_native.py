@@ -120,6 +120,23 @@ def test_valid_codings_decode_alike(native, kernel, seed):
         assert native.count_new(F.nibble_pack(c["slots"]), True, c["Q"] * c["k"]) == n_markers
 
 
+@pytest.mark.parametrize("k,E,p_missing", [(8, 128, 0.0), (8, 384, 0.05), (6, 64, 0.2), (2, 8, 0.0)])
+def test_large_chunks_decode_alike(native, kernel, k, E, p_missing):
+    """Chunks of many blocks of rows (the row-order decoder works in blocks of 64) and many pieces."""
+    rng = np.random.default_rng(k * 1000 + E)
+    L, R = 6, 700
+    ids, present, por = random_case(rng, L, R, E, k, p_missing, 9)
+    width = 1 if E <= 256 else 2
+    slots, new = encode_ids(ids, present, por, width)
+    out = np.empty((R, L, k), np.int32)
+    for packed in (False, True):
+        err = native.decode_chunk_ids(F.nibble_pack(np.frombuffer(slots, np.uint8)) if packed else slots, packed, new,
+                                      width, k, L, R, np.bincount(por).astype(np.int64),
+                                      None if present.all() else present, out)
+        assert err is None
+        assert np.array_equal(out, np.where(present.T[:, :, None], ids.transpose(1, 0, 2), -1))
+
+
 def corruptions(c, rng):
     """(slots, new) pairs with invalid codings: bad bytes, reuse codes without a previous row, ID_NEW
     too short or too long, and several at once (which error comes first matters)."""
