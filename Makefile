@@ -14,7 +14,13 @@ deps:
 	@if [ ! -f /usr/include/zlib.h ] || [ ! -f /usr/include/libdeflate.h ]; then \
 	  (apt-get update -qq && apt-get install -y -qq zlib1g-dev libdeflate-dev) || \
 	  { echo "install zlib1g-dev and libdeflate-dev (zlib and libdeflate headers)"; exit 1; }; fi
-	@$(PYTHON) -c "import numpy, pytest" 2>/dev/null || $(PYTHON) -m pip install -q numpy pytest
+	@$(PYTHON) -c "import numpy, pytest, setuptools" 2>/dev/null || $(PYTHON) -m pip install -q numpy pytest setuptools
+	@command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || \
+	  (apt-get update -qq && apt-get install -y -qq gcc) || \
+	  { echo "install gcc (a C compiler builds the Python package's accelerator rtrace._native)"; exit 1; }
+	@$(PYTHON) -c "import os, sysconfig; os.stat(os.path.join(sysconfig.get_paths()['include'], 'Python.h'))" 2>/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq python3-dev) || \
+	  { echo "install python3-dev (Python.h, needed to build rtrace._native)"; exit 1; }
 	@command -v chromium >/dev/null 2>&1 || [ -n "$$RTRACE_CHROMIUM" ] || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "warning: could not install chromium (rtrace report's browser test needs it: apt-get install chromium)"
@@ -28,7 +34,8 @@ release: deps
 test: deps
 	$(SWIFT) build --build-tests
 	RTRACE_REQUIRE_BROWSER=1 $(SWIFT) test --skip-build --disable-xctest
-	RTRACE_BIN=$(BIN) PYTHONPATH=python $(PYTHON) -m pytest -q python/tests
+	cd python && $(PYTHON) setup.py -q build_ext --inplace
+	RTRACE_BIN=$(BIN) RTRACE_REQUIRE_NATIVE=1 PYTHONPATH=python $(PYTHON) -m pytest -q python/tests
 
 demo: build
 	@echo "== import the real Qwen3-MoE rollout and training routing (npz, as SGLang returns it) =="

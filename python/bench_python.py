@@ -7,7 +7,8 @@ Times are the best of --repeat runs. With the Swift CLI (--rtrace PATH or env RT
 run also times `rtrace import --from npz` of the same arrays (Swift write, includes reading the
 uncompressed npz) and `rtrace check --quiet` of the file Python wrote (Swift read: inflates,
 decodes and validates every column), and prints Swift/Python ratios (the target: within 2x).
-Prints one JSON object.
+"decoder" says how the Python reader decoded: "native" (the compiled accelerator rtrace._native) or
+"numpy" (not built, or RTRACE_PURE_PYTHON=1). Prints one JSON object.
 Usage: python3 bench_python.py [--records N] [--rows R] [--repeat 3] [--rtrace PATH] [--out PATH]
 """
 import argparse
@@ -99,6 +100,7 @@ def main():
     get_s = time.perf_counter() - t0
     assert np.array_equal(g.topk_ids, ids[S // 2]) and np.array_equal(g.topk_weights, w[S // 2])
     out = {
+        "decoder": "native" if rtrace.native_available() else "numpy",
         "rows": rows, "layers": L, "experts": E, "top_k": k, "weights": "bf16", "neighbour_overlap": round(overlap, 3),
         "file_bytes": size, "bytes_per_row_layer": round(size / (rows * L), 3),
         "raw_bytes_per_row_layer": k * 3,

@@ -1,11 +1,11 @@
 """rtrace: Mixture-of-Experts routing traces (.rtrace files, spec/format.md)."""
 from ._format import FormatError, bf16_bits_to_float, float_to_bf16_bits
-from .reader import Reader, Record
+from .reader import Reader, Record, native_available
 from .writer import Writer
 
 __version__ = "1.0.0"
 __all__ = ["Writer", "Reader", "Record", "FormatError", "bf16_bits_to_float", "float_to_bf16_bits",
-           "adapters", "torch"]
+           "native_available", "adapters", "torch"]
 
 
 def __getattr__(name):

@@ -172,13 +172,18 @@ def _nibble_table() -> np.ndarray:
 _NIBBLE_TABLE = _nibble_table()
 
 
+def stray_nibble(data: bytes, count: int) -> bool:
+    """Whether ``count`` nibble-packed codes leave a non-zero unused high nibble (odd count) in the
+    last byte of ``data`` (§6.3 forbids it)."""
+    return bool(count % 2 and data[-1] >> 4)
+
+
 def nibble_unpack(data: bytes, count: int):
     """Inverse of ``nibble_pack``: ``count`` byte codes (15 back to 0xFF), or None when an odd count
     leaves a non-zero high nibble in the last byte. One table look-up per byte."""
-    p = np.frombuffer(data, dtype=np.uint8)
-    if count % 2 and p[-1] >> 4:
+    if stray_nibble(data, count):
         return None
-    return _NIBBLE_TABLE[p].view(np.uint8)[:count]
+    return _NIBBLE_TABLE[np.frombuffer(data, dtype=np.uint8)].view(np.uint8)[:count]
 
 
 def inflate(data: bytes, raw_len: int, offset: int, name: str) -> bytes:

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import struct
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Optional
@@ -14,7 +15,7 @@ import numpy as np
 from . import _format as F
 from ._format import FormatError
 
-__all__ = ["Reader", "Record", "decode_ids"]
+__all__ = ["Reader", "Record", "decode_ids", "native_available"]
 
 
 @dataclass
@@ -42,11 +43,88 @@ class Record:
         return self.topk_ids[:, :, 0] < 0
 
 
+def _load_native():
+    """The compiled accelerator rtrace._native (python/rtrace/_native.c), or None when it was not
+    built or the environment variable RTRACE_PURE_PYTHON is 1 (then the numpy code decodes)."""
+    if os.environ.get("RTRACE_PURE_PYTHON") == "1":
+        return None
+    try:
+        from . import _native
+    except ImportError:
+        return None
+    return _native
+
+
+_native = _load_native()
+
+
+def native_available() -> bool:
+    """Whether the reader decodes with the compiled accelerator ``rtrace._native``: True when it was
+    built (``pip install`` with a C compiler) and ``RTRACE_PURE_PYTHON`` is not ``1``. Both decoders
+    give the same records and the same errors; the numpy one is several times slower."""
+    return _native is not None
+
+
+def _bad_code(code: int, entry: int, k: int, where) -> FormatError:
+    return FormatError(f"ID_SLOTS byte {code} at entry {entry} is neither 0xFF nor < top_k={k}", where)
+
+
+def _no_previous(entry: int, where) -> FormatError:
+    return FormatError(f"ID_SLOTS entry {entry} refers to a previous row that does not exist", where)
+
+
+def _new_count(n_new: int, markers: int, where) -> FormatError:
+    if markers == 0:
+        return FormatError(f"ID_NEW holds {n_new} values but ID_SLOTS has no 0xFF", where)
+    return FormatError(f"ID_NEW holds {n_new} values but ID_SLOTS has {markers} 0xFF bytes", where)
+
+
+_STRAY_NIBBLE = "ID_SLOTS: the unused high nibble of its last byte is not 0"
+
+
+def _native_error(err, k: int, n_new: int, where) -> FormatError:
+    """The FormatError of an error tuple (kind, entry, value) of rtrace._native's decoders: the one
+    decode_ids_numpy raises for the same coding."""
+    from . import _native as native
+    kind, entry, value = err
+    if kind == native.ERR_BAD_CODE:
+        return _bad_code(value, entry, k, where)
+    if kind == native.ERR_NO_PREVIOUS:
+        return _no_previous(entry, where)
+    if kind == native.ERR_STRAY_NIBBLE:
+        return FormatError(_STRAY_NIBBLE, where)
+    return _new_count(n_new, entry, where)
+
+
 def decode_ids(slots: np.ndarray, new: np.ndarray, valid_prev: np.ndarray, k: int, where=None):
-    """Inverse of the ordered-reuse coding (§6.2), vectorised with pointer jumping.
+    """Inverse of the ordered-reuse coding (§6.2), with rtrace._native when it is in use, else numpy.
 
     slots: [Q, k] uint8; new: ID_NEW values; valid_prev: [Q] bool (a previous present row of the
-    same piece and layer exists). Returns [Q, k] int32 ids.
+    same piece and layer exists). Returns [Q, k] int32 ids; raises FormatError on an invalid coding."""
+    if _native is not None:
+        return decode_ids_native(slots, new, valid_prev, k, where)
+    return decode_ids_numpy(slots, new, valid_prev, k, where)
+
+
+def decode_ids_native(slots, new: np.ndarray, valid_prev: np.ndarray, k: int, where=None, packed: bool = False):
+    """decode_ids with rtrace._native (which must be built). With ``packed``, ``slots`` is the
+    nibble-packed ID_SLOTS column (§6.3, bytes) instead of [Q, k] codes."""
+    from . import _native as native
+    valid = np.ascontiguousarray(valid_prev, dtype=bool)
+    new = np.ascontiguousarray(new, dtype=np.uint8 if np.asarray(new).dtype.itemsize == 1 else np.dtype("<u2"))
+    Q = len(valid)
+    if Q == 0 and len(new):
+        raise _new_count(len(new), 0, where)
+    out = np.empty((Q, k), dtype=np.int32)
+    err = native.decode_ids(slots if packed else np.ascontiguousarray(slots, dtype=np.uint8), packed, new,
+                            new.dtype.itemsize, valid, k, out)
+    if err is not None:
+        raise _native_error(err, k, len(new), where)
+    return out
+
+
+def decode_ids_numpy(slots: np.ndarray, new: np.ndarray, valid_prev: np.ndarray, k: int, where=None):
+    """decode_ids in numpy, vectorised with pointer jumping.
 
     Every reused entry points at an entry of the previous row; the pointers are followed by
     doubling (``ref = ref[ref]``) over the entries not yet resolved to a 0xFF entry only, so the
@@ -54,7 +132,7 @@ def decode_ids(slots: np.ndarray, new: np.ndarray, valid_prev: np.ndarray, k: in
     Q = slots.shape[0]
     if Q == 0:
         if len(new):
-            raise FormatError(f"ID_NEW holds {len(new)} values but ID_SLOTS has no 0xFF", where)
+            raise _new_count(len(new), 0, where)
         return np.zeros((0, k), dtype=np.int32)
     flat = slots.reshape(-1)
     isnew = flat == F.NEW_MARKER
@@ -63,16 +141,15 @@ def decode_ids(slots: np.ndarray, new: np.ndarray, valid_prev: np.ndarray, k: in
         bad = (flat >= k) & ~isnew
         if bad.any():
             i = int(np.argmax(bad))
-            raise FormatError(f"ID_SLOTS byte {int(flat[i])} at entry {i} is neither 0xFF nor < top_k={k}", where)
+            raise _bad_code(int(flat[i]), i, k, where)
     inv = np.flatnonzero(~valid_prev)
     if len(inv):
         bad = ~isnew.reshape(Q, k)[inv]
         if bad.any():
             q, j = np.argwhere(bad)[0]
-            raise FormatError(f"ID_SLOTS entry {int(inv[q]) * k + int(j)} refers to a previous row that does not "
-                              f"exist", where)
+            raise _no_previous(int(inv[q]) * k + int(j), where)
     if nnew != len(new):
-        raise FormatError(f"ID_NEW holds {len(new)} values but ID_SLOTS has {nnew} 0xFF bytes", where)
+        raise _new_count(len(new), nnew, where)
     N = Q * k
     # ref: for a 0xFF entry ~(its index in ID_NEW) (negative); for a reused entry q*k + j with slot
     # byte m, the entry (q-1)*k + m it copies. Pointer doubling (ref[x] = ref[ref[x]]) over the
@@ -189,6 +266,7 @@ class Reader:
         self.complete: Optional[bool] = None
         self._index = None
         self._warned_ext = set()
+        self._buffers = _Buffers()
         self._read_header()
         if self._src.seekable:
             self.complete = self._try_index()
@@ -374,6 +452,7 @@ class Reader:
                         return
                     raise
                 if ahead:
+                    chunk.prefetch()
                     queue.append((chunk, _decode_pool().submit(chunk.decode)))
                     if len(queue) > 1:
                         c, fut = queue.pop(0)
@@ -477,7 +556,7 @@ class Reader:
             if opt != (cid in seen):
                 raise FormatError(f"{name}: column {F.COLUMN_NAMES[cid]} is {'missing' if opt else 'present'} "
                                   f"but the header says {'present' if opt else 'absent'}", at, "corrupt")
-        payload = s.exact(payload_len, "a chunk payload")
+        payload = memoryview(s.exact(payload_len, "a chunk payload"))   # columns are slices of it, not copies
         stored = {}
         p = 0
         for cid, codec, tr, raw_len, stored_len, ccrc in entries:
@@ -495,10 +574,44 @@ class Reader:
         return _ChunkData(self, at, P, R, stored)
 
 
+class _Buffers:
+    """Arrays the native decoder decodes chunks into, reused: a chunk hands its arrays back once the
+    assembler has copied its records out of them (a fresh array costs a page fault per 4 KiB when it
+    is first written). Keeps at most two free buffers per dtype."""
+
+    def __init__(self):
+        self._free = {}
+        self._lock = threading.Lock()   # the decoding thread takes, the reading thread gives back
+
+    def take(self, shape, dtype) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape``: a view of a free buffer large enough, or new."""
+        n = int(np.prod(shape))
+        with self._lock:
+            free = self._free.get(np.dtype(dtype), [])
+            for i, buf in enumerate(free):
+                if buf.size >= n:
+                    return free.pop(i)[:n].reshape(shape)
+        return np.empty(n, dtype).reshape(shape)
+
+    def give(self, arrays):
+        """Hands back arrays from take(); their buffers are free to reuse."""
+        with self._lock:
+            for a in arrays:
+                free = self._free.setdefault(a.dtype, [])
+                if len(free) < 2:
+                    free.append(a.base)
+
+
 class _ChunkData:
     def __init__(self, rd: Reader, at: int, P: int, R: int, stored: dict):
         self.rd, self.at, self.P, self.R, self.stored = rd, at, P, R, stored
         self.futures = None
+        self.taken = []    # arrays from rd._buffers that the decoded chunk lives in
+
+    def release(self):
+        """Hands the decoded chunk's arrays back to the reader once its records were copied out."""
+        self.rd._buffers.give(self.taken)
+        self.taken = []
 
     def col(self, cid, expect_len, width, keep_shuffled=False):
         """The column's raw bytes (inflated, un-shuffled). With keep_shuffled, returns
@@ -521,22 +634,98 @@ class _ChunkData:
             data = F.unshuffle(data, width)
         return data
 
-    def prefetch(self, bounds):
-        """Inflates the deflated columns of ``bounds`` ({cid: max raw_len}) concurrently (zlib releases
-        the GIL), after checking each raw_len against its bound (no inflating past what the content
-        can hold)."""
-        jobs = []
-        for cid, bound in bounds.items():
-            if cid not in self.stored:
-                continue
-            codec, tr, raw_len, b = self.stored[cid]
-            if codec == 1 and raw_len <= bound and raw_len >= (1 << 16):
-                jobs.append((cid, b, raw_len))
-        if len(jobs) < 2 or not self.rd.threads:
+    def prefetch(self):
+        """Starts inflating the chunk's large deflated row columns (ID_SLOTS, ID_NEW, WEIGHTS, LOGITS) on
+        the inflate pool (zlib releases the GIL), once; the reader calls it as soon as the chunk is read,
+        so that they inflate while the previous chunk decodes. A column whose raw_len is more than the
+        chunk's rows can hold (all present) is left to col(), which rejects it."""
+        rd = self.rd
+        if self.futures is not None or not rd.threads:
             return
+        cells = rd.L * self.R * rd.k
+        bounds = {F.ID_SLOTS: cells, F.ID_NEW: cells * rd.id_dtype.itemsize,
+                  F.WEIGHTS: cells * (rd.wdt.itemsize if rd.wdt is not None else 0),
+                  F.LOGITS: rd.L * self.R * rd.E * (rd.ldt.itemsize if rd.ldt is not None else 0)}
         pool = _pool()
-        self.futures = {cid: pool.submit(F.inflate, b, raw_len, self.at, F.COLUMN_NAMES[cid])
-                        for cid, b, raw_len in jobs}
+        self.futures = {}
+        for cid, bound in bounds.items():
+            codec, _tr, raw_len, b = self.stored.get(cid, (0, 0, 0, b""))
+            if codec == 1 and (1 << 16) <= raw_len <= bound:
+                self.futures[cid] = pool.submit(F.inflate, b, raw_len, self.at, F.COLUMN_NAMES[cid])
+
+    def _slot_codes(self, Q):
+        """ID_SLOTS as (its bytes, whether nibble-packed), after checking a packed column's unused
+        high nibble (§6.3)."""
+        k, name = self.rd.k, self.rd._src.name
+        if self.stored[F.ID_SLOTS][1] != 2:
+            return self.col(F.ID_SLOTS, Q * k, 1), False
+        data = self.col(F.ID_SLOTS, (Q * k + 1) // 2, 1)
+        if F.stray_nibble(data, Q * k):
+            raise FormatError(f"{name}: {_STRAY_NIBBLE}", self.at, "corrupt")
+        return data, True
+
+    def _ids_error(self, e: FormatError) -> FormatError:
+        """An invalid id coding (a decode_ids error) as the chunk's error."""
+        return FormatError(f"{self.rd._src.name}: chunk ids coding invalid: {str(e).split(': ', 1)[-1]}", self.at,
+                           "corrupt")
+
+    def _rows_numpy(self, piece_rows, present, Q):
+        """The chunk's ids, weights and logits ([R, L, *] transposed views of layer-major arrays, or
+        None for an absent column), decoded with numpy. ``present``: [L, R] bool or None (all)."""
+        rd = self.rd
+        L, k, E, R = rd.L, rd.k, rd.E, self.R
+        data, packed = self._slot_codes(Q)
+        slots = (F.nibble_unpack(data, Q * k) if packed else np.frombuffer(data, dtype=np.uint8)).reshape(Q, k)
+        nnew = int(np.count_nonzero(slots == F.NEW_MARKER))
+        w = rd.id_dtype.itemsize
+        new = np.frombuffer(self.col(F.ID_NEW, nnew * w, w), dtype=rd.id_dtype)
+        piece_of_row = np.repeat(np.arange(len(piece_rows), dtype=np.int64), piece_rows)
+        valid, li, ri = F.prev_valid(np.ones((L, R), dtype=bool) if present is None else present, piece_of_row)
+        try:
+            vals = decode_ids_numpy(slots, new, valid, k, self.at)
+        except FormatError as e:
+            raise self._ids_error(e) from None
+        if present is None:
+            ids = vals.reshape(L, R, k).transpose(1, 0, 2)        # [R, L, k] view
+        else:
+            ids_lr = np.full((L, R, k), -1, dtype=np.int32)
+            ids_lr[li, ri] = vals
+            ids = ids_lr.transpose(1, 0, 2)
+        weights = self._floats(F.WEIGHTS, rd.wdt, k, Q, present, li, ri) if rd.wdt is not None else None
+        logits = self._floats(F.LOGITS, rd.ldt, E, Q, present, li, ri) if rd.ldt is not None else None
+        return ids, weights, logits
+
+    def _rows_native(self, piece_rows, present, Q):
+        """_rows_numpy with rtrace._native: ids, weights and logits decoded straight into row-major
+        [R, L, *] arrays (the assembler then copies each piece's rows as one block)."""
+        rd = self.rd
+        L, k, E, R = rd.L, rd.k, rd.E, self.R
+        data, packed = self._slot_codes(Q)
+        w = rd.id_dtype.itemsize
+        new = self.col(F.ID_NEW, _native.count_new(data, packed, Q * k) * w, w)
+        ids = self._take((R, L, k), np.int32)
+        err = _native.decode_chunk_ids(data, packed, new, w, k, L, R, piece_rows, present, ids)
+        if err is not None:
+            raise self._ids_error(_native_error(err, k, len(new) // w, self.at))
+        weights = self._floats_native(F.WEIGHTS, rd.wdt, k, Q, present) if rd.wdt is not None else None
+        logits = self._floats_native(F.LOGITS, rd.ldt, E, Q, present) if rd.ldt is not None else None
+        return ids, weights, logits
+
+    def _take(self, shape, dtype) -> np.ndarray:
+        """An array to decode into, from the reader's buffers; release() hands it back."""
+        a = self.rd._buffers.take(shape, dtype)
+        self.taken.append(a)
+        return a
+
+    def _floats_native(self, cid, dt, n, Q, present):
+        """A float column as an [R, L, n] array of ``dt`` (one of the reader's reused buffers; zeros
+        where missing), un-shuffled and scattered by rtrace._native in one pass."""
+        L, R = self.rd.L, self.R
+        sz = dt.itemsize
+        data, tr = self.col(cid, Q * n * sz, sz, keep_shuffled=True)
+        out = self._take((R, L, n), dt)
+        _native.scatter_floats(data, sz, tr == 1, n, L, R, present, out)
+        return out
 
     def _floats(self, cid, dt, n, Q, present, li, ri):
         """A float column as an [R, L, n] array of ``dt`` (a transposed view of the layer-major
@@ -564,7 +753,7 @@ class _ChunkData:
         if (pc["flags"] & ~np.uint32(3)).any():
             raise FormatError(f"{name}: piece flags have unknown bits", at, "corrupt")
         nfirst = int((pc["flags"] & 1).sum())
-        rb = self.col(F.RECORDS, None, 1)
+        rb = bytes(self.col(F.RECORDS, None, 1))
         entries = []
         p = 0
         try:
@@ -615,39 +804,14 @@ class _ChunkData:
         else:
             present = None   # every (layer, row) present: no scatter needed
             Q = L * R
-        w = rd.id_dtype.itemsize
-        wsz = rd.wdt.itemsize if rd.wdt is not None else 0
-        lsz = rd.ldt.itemsize if rd.ldt is not None else 0
-        self.prefetch({F.ID_SLOTS: Q * k, F.ID_NEW: Q * k * w, F.WEIGHTS: Q * k * wsz, F.LOGITS: Q * E * lsz})
+        self.prefetch()
         ntok = sum(e["n_tokens"] for e in entries)
         tokens = np.frombuffer(self.col(F.TOKENS, 4 * ntok, 4), dtype="<i4")
         logprobs = None
         if rd.has_logprobs:
             logprobs = np.frombuffer(self.col(F.LOGPROBS, 4 * sum(e["n_logprobs"] for e in entries), 4), dtype="<f4")
-        if self.stored[F.ID_SLOTS][1] == 2:
-            slots = F.nibble_unpack(self.col(F.ID_SLOTS, (Q * k + 1) // 2, 1), Q * k)
-            if slots is None:
-                raise FormatError(f"{name}: ID_SLOTS: the unused high nibble of its last byte is not 0", at, "corrupt")
-            slots = slots.reshape(Q, k)
-        else:
-            slots = np.frombuffer(self.col(F.ID_SLOTS, Q * k, 1), dtype=np.uint8).reshape(Q, k)
-        nnew = int(np.count_nonzero(slots == F.NEW_MARKER))
-        new = np.frombuffer(self.col(F.ID_NEW, nnew * w, w), dtype=rd.id_dtype)
-        piece_of_row = np.repeat(np.arange(P, dtype=np.int64), pc["n_rows"].astype(np.int64))
-        valid, li, ri = F.prev_valid(np.ones((L, R), dtype=bool) if present is None else present, piece_of_row)
-        try:
-            vals = decode_ids(slots, new, valid, k, at)
-        except FormatError as e:
-            raise FormatError(f"{name}: chunk ids coding invalid: {str(e).split(': ', 1)[-1]}", at, "corrupt") \
-                from None
-        if present is None:
-            ids = vals.reshape(L, R, k).transpose(1, 0, 2)        # [R, L, k] view
-        else:
-            ids_lr = np.full((L, R, k), -1, dtype=np.int32)
-            ids_lr[li, ri] = vals
-            ids = ids_lr.transpose(1, 0, 2)
-        weights = self._floats(F.WEIGHTS, rd.wdt, k, Q, present, li, ri) if rd.wdt is not None else None
-        logits = self._floats(F.LOGITS, rd.ldt, E, Q, present, li, ri) if rd.ldt is not None else None
+        decode_rows = self._rows_native if _native is not None else self._rows_numpy
+        ids, weights, logits = decode_rows(np.ascontiguousarray(pc["n_rows"], dtype=np.int64), present, Q)
         return pc, entries, tokens, logprobs, ids, weights, logits
 
 
@@ -745,4 +909,5 @@ class _Assembler:
                     out.append(rec)
                 if only is not None and only == ordinal:
                     break
+        chunk.release()    # every row was copied into its record
         return out

@@ -11,6 +11,37 @@ SAMPLES = os.path.join(REPO, "samples", "qwen3moe-L6-E32-k4")
 MODEL = dict(num_layers=6, num_experts=32, top_k=4, name="qwen3moe-L6-E32-k4")
 ENGINE = dict(name="pytest", version="0", role="rollout")
 
+# RTRACE_REQUIRE_NATIVE=1 (make test) turns "the accelerator rtrace._native is not built" from a skip into
+# a failure, so that a broken build of python/rtrace/_native.c cannot pass unnoticed.
+REQUIRE_NATIVE = os.environ.get("RTRACE_REQUIRE_NATIVE") == "1"
+
+
+def native_module():
+    """rtrace._native, built in place (python/setup.py build_ext --inplace); skips (or fails with
+    RTRACE_REQUIRE_NATIVE=1) when it is not built."""
+    try:
+        from rtrace import _native
+    except ImportError as e:
+        if REQUIRE_NATIVE:
+            pytest.fail(f"rtrace._native is not built ({e}) but RTRACE_REQUIRE_NATIVE=1")
+        pytest.skip(f"rtrace._native is not built ({e}): cd python && python3 setup.py build_ext --inplace")
+    return _native
+
+
+@pytest.fixture(params=["native", "numpy"])
+def decoder(request, monkeypatch):
+    """Runs a reader test once per decoder: the compiled accelerator (skipped when the reader runs
+    without it: not built, or RTRACE_PURE_PYTHON=1) and the numpy code."""
+    import rtrace.reader as reader
+    if request.param == "native":
+        if reader._native is None:
+            if os.environ.get("RTRACE_PURE_PYTHON") == "1":
+                pytest.skip("RTRACE_PURE_PYTHON=1: the reader runs on numpy only")
+            native_module()
+    else:
+        monkeypatch.setattr(reader, "_native", None)
+    return request.param
+
 
 @pytest.fixture
 def sample():

@@ -9,6 +9,9 @@ from rtrace import _format as F
 from rtrace.reader import decode_ids
 from rtrace.writer import encode_ids
 
+# every test reads with both decoders: the accelerator rtrace._native and numpy (conftest.decoder)
+pytestmark = pytest.mark.usefixtures("decoder")
+
 
 def ref_encode(ids_lr, present, piece_of_row, width):
     """spec/format.md §6.2, literally."""

@@ -11,6 +11,9 @@ import rtrace
 from conftest import ENGINE, MODEL, SAMPLES
 from test_roundtrip import write_sample
 
+# every test reads with both decoders: the accelerator rtrace._native and numpy (conftest.decoder)
+pytestmark = pytest.mark.usefixtures("decoder")
+
 BIN = os.environ.get("RTRACE_BIN")
 need_bin = pytest.mark.skipif(not BIN, reason="RTRACE_BIN is not set: Swift CLI cross-implementation tests skipped")
 

@@ -9,6 +9,9 @@ import pytest
 import rtrace
 from conftest import ENGINE, MODEL, synth_ids
 
+# every test reads with both decoders: the accelerator rtrace._native and numpy (conftest.decoder)
+pytestmark = pytest.mark.usefixtures("decoder")
+
 
 def write_sample(path, d, chunk_bytes=4 << 20, **kw):
     with rtrace.Writer(path, model=MODEL, engine=ENGINE, topk_weights_dtype="f16", router_logits_dtype="f16",
