@@ -72,16 +72,17 @@ def timed(cmd, repeat):
 
 def peak_rss_mb(cmd):
     """Runs cmd (output discarded) and returns its peak resident memory in MB (os.wait4's ru_maxrss; it
-    includes what the forked child held before exec, so the caller keeps its own memory small)."""
+    includes what the forked child held before exec, so this runs in a fresh process: --memory-only)."""
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, ru = os.wait4(p.pid, 0)
     if status != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr.read().decode()}")
     return ru.ru_maxrss / 1024
 
-def memory(o, paths, copies=5):
+def memory(o, copies=5):
     """Peak memory of diff and stats on one copy of the data and on `copies` copies (shards
     imported again under other uid prefixes): streaming keeps it flat as the trace grows."""
+    paths = {side: os.path.join(o.workdir, side + ".npz") for side in ("a", "b")}
     shards = {"a": [], "b": []}
     for side in ("a", "b"):
         for c in range(copies):
@@ -106,7 +107,10 @@ def main():
     ap.add_argument("--rtrace", default=".build-analysis/release/rtrace")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--memory", action="store_true", help="also measure peak memory on 1 and 5 copies of the data")
+    ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # --memory, in a fresh process
     o = ap.parse_args()
+    if o.memory_only:
+        return memory(o)
     os.makedirs(o.workdir, exist_ok=True)
     rows = o.tokens - 1
     print(f"data: {o.seqs} seqs x {rows} rows = {o.seqs * rows} rows, {o.layers} layers, top-{o.topk} of {o.experts}")
@@ -121,7 +125,6 @@ def main():
         subprocess.run([o.rtrace, "import", "--from", "npz", paths[name], "-o", rt, "--num-experts", str(o.experts),
                         "--uid-prefix", "s", "--role", "rollout" if name == "a" else "train"], check=True)
         paths[name + "_rt"] = rt
-    del a, b, ids  # a forked child's peak memory counts the parent's (--memory)
     print(f"generated and imported in {time.perf_counter() - t:.1f}s; sizes: npz {os.path.getsize(paths['a']) / 1e6:.0f} MB, "
           f"rtrace {os.path.getsize(paths['a_rt']) / 1e6:.0f} MB per side")
     script = os.path.join(o.workdir, "numpy_diff.py")
@@ -139,7 +142,9 @@ def main():
     t_st, _ = timed([o.rtrace, "stats", paths["a_rt"], "--json", "--capacity-factor", "1.25", "--ep", "8"], o.repeat)
     print(f"rtrace stats --capacity-factor --ep (one side): {t_st:.3f} s")
     if o.memory:
-        memory(o, paths)
+        sys.stdout.flush()
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-only", "--workdir", o.workdir,
+                        "--rtrace", o.rtrace, "--experts", str(o.experts)], check=True)
 
 if __name__ == "__main__":
     main()
