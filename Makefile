@@ -14,7 +14,9 @@ deps:
 	@if [ ! -f /usr/include/zlib.h ] || [ ! -f /usr/include/libdeflate.h ]; then \
 	  (apt-get update -qq && apt-get install -y -qq zlib1g-dev libdeflate-dev) || \
 	  { echo "install zlib1g-dev and libdeflate-dev (zlib and libdeflate headers)"; exit 1; }; fi
-	@$(PYTHON) -c "import numpy, pytest, setuptools" 2>/dev/null || $(PYTHON) -m pip install -q numpy pytest setuptools
+	@$(PYTHON) -c "import numpy, pytest, setuptools" 2>/dev/null || $(PYTHON) -m pip install -q numpy pytest setuptools || \
+	  (apt-get update -qq && apt-get install -y -qq python3-numpy python3-pytest python3-setuptools) || \
+	  { echo "install numpy, pytest and setuptools for $(PYTHON)"; exit 1; }
 	@command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || \
 	  (apt-get update -qq && apt-get install -y -qq gcc) || \
 	  { echo "install gcc (a C compiler builds the Python package's accelerator rtrace._native)"; exit 1; }
