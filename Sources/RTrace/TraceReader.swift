@@ -213,7 +213,6 @@ public final class TraceReader {
         // Two windows are in memory at once (one decoding, one delivered): one chunk per worker each.
         let window = max(1, threads)
         var done = false
-        var sawIndex = false
         var pipeline = DecodePipeline(decoder: ChunkDecoder(header: header), threads: threads)
         /// Hands a window's chunks to `body` in file order, up to the first that failed to decode.
         func deliver(_ offsets: [Int], _ results: [Result<DecodedChunk, TraceError>]) throws {
@@ -244,7 +243,6 @@ public final class TraceReader {
                         guard TraceIndex.parseTrailer(t) != nil else {
                             throw TraceError(.truncated, "index is not followed by a valid trailer", file: source.name, offset: source.position - t.count)
                         }
-                        sawIndex = true
                         streamReachedTrailer = true
                         done = true
                     }
@@ -262,7 +260,6 @@ public final class TraceReader {
             }
         }
         if let (offsets, results) = pipeline.finish() { try deliver(offsets, results) }
-        _ = sawIndex
     }
 
     /// Decodes frames concurrently; the first error (in file order) is thrown.
