@@ -1,22 +1,35 @@
 # rtrace: `make demo` runs the main job on the bundled samples, `make test` runs every test.
+SHELL    := /bin/bash
 SWIFT    ?= swift
+# The interpreter that creates the project's virtual environment; everything Python then runs from it.
 PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+REQS     := python/requirements-dev.txt python/constraints.txt
+# Where torch's CPU build comes from when that index answers (else pip takes the default wheel, or the
+# CPU wheel a local find-links folder holds). `make deps TORCH_INDEX=` goes to the package index only.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 BIN      := .build/debug/rtrace
 RELEASE  := .build/release/rtrace
 SAMPLES  := samples/qwen3moe-L6-E32-k4
 
-.PHONY: all deps build release test test-aarch64 demo bench experiment clean fuzz fuzz-build fuzz-seeds fuzz-regressions
+.PHONY: all deps build-deps system-deps python-deps distclean build release test test-aarch64 demo bench experiment clean fuzz fuzz-build fuzz-seeds fuzz-regressions
 
 all: build
 
-# System packages the build needs (zlib headers) and the Python test/bench dependencies.
-deps:
+# Everything a fresh machine needs: system packages (apt) and the Python packages, which go into the
+# project's own virtual environment .venv (created with `python3 -m venv`, no system site-packages) from
+# the pinned python/requirements-dev.txt + python/constraints.txt. Run again, it only checks.
+deps: build-deps system-deps python-deps
+
+# What the Swift build needs: the zlib and libdeflate headers.
+build-deps:
 	@if [ ! -f /usr/include/zlib.h ] || [ ! -f /usr/include/libdeflate.h ]; then \
 	  (apt-get update -qq && apt-get install -y -qq zlib1g-dev libdeflate-dev) || \
 	  { echo "install zlib1g-dev and libdeflate-dev (zlib and libdeflate headers)"; exit 1; }; fi
-	@$(PYTHON) -c "import numpy, pytest, setuptools" 2>/dev/null || $(PYTHON) -m pip install -q numpy pytest setuptools || \
-	  (apt-get update -qq && apt-get install -y -qq python3-numpy python3-pytest python3-setuptools) || \
-	  { echo "install numpy, pytest and setuptools for $(PYTHON)"; exit 1; }
+
+# What the tests need beside it: a C compiler and Python's headers (rtrace._native), Chromium.
+system-deps:
 	@command -v cc >/dev/null 2>&1 || command -v gcc >/dev/null 2>&1 || \
 	  (apt-get update -qq && apt-get install -y -qq gcc) || \
 	  { echo "install gcc (a C compiler builds the Python package's accelerator rtrace._native)"; exit 1; }
@@ -25,19 +38,38 @@ deps:
 	  { echo "install python3-dev (Python.h, needed to build rtrace._native)"; exit 1; }
 	@command -v chromium >/dev/null 2>&1 || [ -n "$$RTRACE_CHROMIUM" ] || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
-	  echo "warning: could not install chromium (rtrace report's browser test needs it: apt-get install chromium)"
+	  { echo "install chromium (rtrace report's browser test renders the report in it), or set RTRACE_CHROMIUM"; exit 1; }
 
-build: deps
+python-deps: $(VENV)/.deps-installed
+
+# Re-runs only when the pinned lists change (or .venv is removed).
+$(VENV)/.deps-installed: $(REQS)
+	@if [ ! -x $(PY) ]; then \
+	  rm -rf $(VENV); \
+	  $(PYTHON) -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
+	    (apt-get update -qq && apt-get install -y -qq python3-venv) && $(PYTHON) -m venv $(VENV); } || \
+	  { echo "cannot create a virtual environment with $(PYTHON) -m venv (Debian: apt-get install python3-venv)"; exit 1; }; fi
+	@extra=""; if [ -n "$(TORCH_INDEX)" ] && curl -fsS -m 10 -o /dev/null "$(TORCH_INDEX)/torch/" 2>/dev/null; then \
+	  extra="--extra-index-url $(TORCH_INDEX)"; echo "torch: the CPU build from $(TORCH_INDEX)"; \
+	  else echo "torch: $(TORCH_INDEX) does not answer; the package index's wheel (or a local CPU wheel pip's find-links holds)"; fi; \
+	  echo "installing the Python packages into $(VENV) (the first time: ~1.5 GB installed, a few minutes)"; \
+	  $(PY) -m pip install -q --disable-pip-version-check $$extra -r python/requirements-dev.txt -c python/constraints.txt
+	@touch $@
+build: build-deps
 	$(SWIFT) build --product rtrace
 
-release: deps
+release: build-deps
 	$(SWIFT) build -c release --product rtrace
 
+# RTRACE_NO_SKIP=1: a test that would skip (a missing browser, binary or Python package) fails instead,
+# and the Swift run fails if Swift Testing reports any test skipped.
 test: deps
 	$(SWIFT) build --build-tests
-	RTRACE_REQUIRE_BROWSER=1 $(SWIFT) test --skip-build --disable-xctest
-	cd python && $(PYTHON) setup.py -q build_ext --inplace
-	RTRACE_BIN=$(BIN) RTRACE_REQUIRE_NATIVE=1 PYTHONPATH=python $(PYTHON) -m pytest -q python/tests
+	set -o pipefail; RTRACE_NO_SKIP=1 $(SWIFT) test --skip-build --disable-xctest 2>&1 | tee .build/swift-test.log
+	@if grep -E "Test .* skipped|[1-9][0-9]* tests? skipped" .build/swift-test.log; then \
+	  echo "Swift tests were skipped (above); nothing may skip in make test"; exit 1; fi
+	cd python && ../$(PY) setup.py -q build_ext --inplace
+	RTRACE_BIN=$(BIN) RTRACE_REQUIRE_NATIVE=1 RTRACE_NO_SKIP=1 RTRACE_VENV=$(VENV) PYTHONPATH=python $(PY) -m pytest -q -rs python/tests
 
 demo: build
 	@echo "== import the real Qwen3-MoE rollout and training routing (npz, as SGLang returns it) =="
@@ -54,12 +86,13 @@ demo: build
 	$(BIN) report /tmp/rtrace-demo-rollout.rtrace /tmp/rtrace-demo-train.rtrace -o /tmp/rtrace-demo-report.html
 
 bench: deps release
-	$(PYTHON) bench/format_bench.py --rtrace $(RELEASE)
-	$(PYTHON) bench/diff_stats/bench.py --rtrace $(RELEASE)
-	RTRACE_BIN=$(RELEASE) PYTHONPATH=python $(PYTHON) python/bench_python.py
+	$(PY) bench/format_bench.py --rtrace $(RELEASE)
+	$(PY) bench/diff_stats/bench.py --rtrace $(RELEASE)
+	cd python && ../$(PY) setup.py -q build_ext --inplace
+	RTRACE_BIN=$(RELEASE) PYTHONPATH=python $(PY) python/bench_python.py
 
 experiment: deps
-	@if [ -f bench/replay/experiment.sh ]; then bash bench/replay/experiment.sh; else echo "replay-train is not built yet"; exit 1; fi
+	@if [ -f bench/replay/experiment.sh ]; then PYTHON=$(PY) bash bench/replay/experiment.sh; else echo "replay-train is not built yet"; exit 1; fi
 
 # Fuzzing (issue 6): libFuzzer over the reader and `check`, in the nested package fuzz/ so the main
 # build never needs the fuzzer flags. `make fuzz FUZZ_SECONDS=1800` fuzzes for that long from a corpus
@@ -70,7 +103,7 @@ FUZZ_CONFIG  ?= release
 FUZZ_BIN     := fuzz/.build/$(FUZZ_CONFIG)/FuzzReader
 FUZZ_ENV     := SWIFT_BACKTRACE=enable=no ASAN_OPTIONS=malloc_context_size=0:quarantine_size_mb=16:max_malloc_fill_size=0
 
-fuzz-build: deps
+fuzz-build: build-deps
 	$(SWIFT) build --package-path fuzz -c $(FUZZ_CONFIG) --sanitize=fuzzer -Xswiftc -sanitize=fuzzer,address --product FuzzReader
 
 fuzz-seeds: fuzz-build
@@ -99,3 +132,7 @@ fuzz-regressions: fuzz-build
 
 clean:
 	rm -rf .build fuzz/.build
+
+# Also removes the virtual environment (make deps makes it again).
+distclean: clean
+	rm -rf $(VENV)

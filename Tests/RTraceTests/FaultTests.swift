@@ -84,7 +84,7 @@ func fileHeader(json: [UInt8], major: UInt16 = 1) -> [UInt8] {
     // MARK: Killed writers
 
     /// `rtrace import` killed with SIGKILL at random points: every chunk complete on disk is recovered in full.
-    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: rtraceBinary)))
+    @Test(.enabled(if: binaryTestsEnabled, "no rtrace executable beside the tests (swift build --build-tests builds it)"))
     func sigkillAtRandomPointsLosesOnlyTheUnfinishedChunk() throws {
         let npz = "\(repoRoot)/samples/qwen3moe-L6-E32-k4/train_fp32.npz"
         let args = ["import", "--from", "npz", npz, "--engine", "t", "--role", "train", "--chunk-bytes", "3000", "-o"]
@@ -170,7 +170,7 @@ func fileHeader(json: [UInt8], major: UInt16 = 1) -> [UInt8] {
     }
 
     /// The CLI reports a full disk with the file name and exits non-zero.
-    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: rtraceBinary)))
+    @Test(.enabled(if: binaryTestsEnabled, "no rtrace executable beside the tests (swift build --build-tests builds it)"))
     func cliFullDisk() throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: rtraceBinary)
@@ -347,7 +347,7 @@ func fileHeader(json: [UInt8], major: UInt16 = 1) -> [UInt8] {
     }
 
     /// Files given together with different geometry: the error names both files and the field.
-    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: rtraceBinary)))
+    @Test(.enabled(if: binaryTestsEnabled, "no rtrace executable beside the tests (swift build --build-tests builds it)"))
     func wrongGeometryBetweenFiles() throws {
         let a = "\(repoRoot)/samples/qwen3moe-L6-E32-k4/rollout.rtrace"
         let b = "\(repoRoot)/samples/synthetic-E300-dense.rtrace"

@@ -35,5 +35,5 @@ if [ "${CALLGRIND:-0}" = 1 ] && command -v valgrind >/dev/null; then
   wait
   for mode in none r3; do callgrind_annotate --inclusive=yes "$OUT/callgrind/$mode.out" > "$OUT/callgrind/$mode.txt"; done
 fi
-python3 bench/replay/summarize.py "$OUT" "$STEPS" "$JOBS" "$CONFIG $*" > bench/replay.md
+"${PYTHON:-python3}" bench/replay/summarize.py "$OUT" "$STEPS" "$JOBS" "$CONFIG $*" > bench/replay.md
 cat bench/replay.md

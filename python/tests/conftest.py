@@ -15,6 +15,54 @@ ENGINE = dict(name="pytest", version="0", role="rollout")
 # a failure, so that a broken build of python/rtrace/_native.c cannot pass unnoticed.
 REQUIRE_NATIVE = os.environ.get("RTRACE_REQUIRE_NATIVE") == "1"
 
+# RTRACE_NO_SKIP=1 (make test, hence CI) turns every skip into a failure: a test that skips because a
+# dependency is missing tests nothing. The one exception is a skip whose reason starts with PLATFORM_SKIP,
+# for what a machine cannot do at all (an x86 instruction set on an Arm CPU); README.md lists each.
+NO_SKIP = os.environ.get("RTRACE_NO_SKIP") == "1"
+PLATFORM_SKIP = "platform: "
+
+
+def _skip_reason(report):
+    lr = report.longrepr
+    return lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+
+
+def _allowed_skip(reason):
+    return reason.removeprefix("Skipped: ").startswith(PLATFORM_SKIP)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under RTRACE_NO_SKIP=1, a test that skipped is reported as failed, with the skip's reason."""
+    outcome = yield
+    rep = outcome.get_result()
+    if NO_SKIP and rep.skipped and not hasattr(rep, "wasxfail") and not _allowed_skip(_skip_reason(rep)):
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped, but make test sets RTRACE_NO_SKIP=1 (nothing is skipped in CI): {_skip_reason(rep)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """Under RTRACE_NO_SKIP=1, a module skipped while collected (a module-level importorskip) fails too."""
+    outcome = yield
+    rep = outcome.get_result()
+    if NO_SKIP and rep.skipped and not _allowed_skip(_skip_reason(rep)):
+        rep.outcome = "failed"
+        rep.longrepr = (f"{rep.nodeid} skipped while collected, but make test sets RTRACE_NO_SKIP=1: "
+                        f"{_skip_reason(rep)}")
+
+
+def require_module(name, why):
+    """Imports a test dependency: skips without it, or fails under RTRACE_NO_SKIP=1 (make test installs every
+    test dependency into .venv with make deps)."""
+    try:
+        return __import__(name)
+    except ImportError as e:
+        msg = f"{name} cannot be imported ({e}): {why}; make deps installs it into .venv"
+        if NO_SKIP:
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+
 
 def native_module():
     """rtrace._native, built in place (python/setup.py build_ext --inplace); skips (or fails with

@@ -33,7 +33,7 @@ def kernel(request, native):
     compiler has none) and with the scalar code."""
     was = native.use_simd()
     if native.use_simd(request.param == "simd") != (request.param == "simd"):
-        pytest.skip("no SSSE3 kernel on this machine")
+        pytest.skip("platform: no SSSE3 kernel on this machine (x86-64 only)")
     yield request.param
     native.use_simd(was)
 

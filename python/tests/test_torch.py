@@ -3,7 +3,8 @@
 Each architecture's routing is recomputed independently of the recorder: router logits from the
 MoE block's input (captured by a separate pre-hook on the block) with the architecture's documented
 rule in numpy float64, and the ids/weights the experts actually received (a pre-hook on
-``block.experts``). Skipped where torch or transformers are not installed (CI has neither)."""
+``block.experts``). make deps installs torch and transformers into .venv; without them these tests skip, or
+fail under RTRACE_NO_SKIP=1 (make test)."""
 import os
 import re
 import shutil
@@ -12,7 +13,9 @@ import subprocess
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="torch is not installed: rtrace.torch not tested")
+from conftest import require_module
+
+torch = require_module("torch", "rtrace.torch is not tested without it")
 
 import rtrace  # noqa: E402
 import rtrace.torch as RT  # noqa: E402
@@ -23,7 +26,7 @@ ENGINE = dict(name="transformers", role="train")
 
 
 def _transformers():
-    return pytest.importorskip("transformers", reason="transformers is not installed")
+    return require_module("transformers", "the MoE models rtrace.torch hooks come from it")
 
 
 # tiny models ---------------------------------------------------------------------------------
