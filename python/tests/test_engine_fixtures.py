@@ -7,6 +7,7 @@ import glob
 import io
 import json
 import os
+import re
 from types import SimpleNamespace as NS
 
 import numpy as np
@@ -223,3 +224,36 @@ def test_verl_zero_fill_is_never_imported():
     s["routed_experts"][19] = [[0, 0], [1, 2], [3, 4], [5, 6]]
     with pytest.raises(A.AdapterError, match=r"row 19, after the last generated token \(18\), is not zero"):
         A.verl_agent_loop(s, t["model"], uid="s2")
+
+
+def _snippets(path, heading):
+    text = open(path, encoding="utf-8").read()
+    sec = text[text.index(heading):]
+    sec = sec[:sec.index("\n## ", 1)] if "\n## " in sec[1:] else sec
+    return [b for b in sec.split("```python\n")[1:] for b in [b[:b.index("```")]]]
+
+
+@pytest.mark.parametrize("readme,heading", [("python/README.md", "## Rollout worker"),
+                                            ("README.md", "## From Python engines")])
+def test_readme_rollout_snippets_run(tmp_path, monkeypatch, readme, heading):
+    """The READMEs' rollout-worker snippets, executed as written on what SGLang and vLLM send (the
+    fixtures; the model dict swapped for the fixtures' geometry; the vLLM snippet continues the
+    SGLang one's imports), give the ground truth's records."""
+    blocks = [b for b in _snippets(os.path.join(REPO, readme), heading) if "adapters" in b or "A." in b]
+    assert len(blocks) >= 2, f"{readme}: no SGLang and vLLM snippets under {heading}"
+    sg_t, sg_path = load(os.path.join(FIXTURES, "sglang-0.5.23-generate.truth.json"))
+    vl_t, vl_path = load(os.path.join(FIXTURES, "vllm-0.33.0-request-outputs.truth.json"))
+    outs = [NS(request_id=o["request_id"], prompt_token_ids=o["prompt_token_ids"], num_cached_tokens=o["num_cached_tokens"],
+               outputs=[NS(index=c["index"], token_ids=c["token_ids"], logprobs=None, routed_experts=_npy(c["routed_experts"]))
+                        for c in o["outputs"]]) for o in lines(vl_path)]
+    monkeypatch.chdir(tmp_path)
+    g = dict(rtrace=rtrace, A=A, responses=lines(sg_path), llm=NS(generate=lambda prompts, params: outs), prompts=None, params=None,
+             sampling_params=None, step=0)
+    for code, t in zip(blocks[:2], (sg_t, vl_t)):
+        code = re.sub(r"model = dict\([^)]*\)\n", "model = fixture_model\n", code)
+        exec(compile(code, readme, "exec"), dict(g, fixture_model=t["model"], model=t["model"]))
+        recs = list(rtrace.Reader(tmp_path / "rollout.rtrace"))
+        assert [r.uid for r in recs] == [r["uid"] for r in t["records"]], readme
+        for rec, r in zip(recs, t["records"]):
+            assert rec.start == r["start"] and np.array_equal(rec.topk_ids, np.asarray(r["topk_ids"]))
+            assert rec.tokens.tolist() == (r["tokens"] if r["tokens_sent"] else [])
