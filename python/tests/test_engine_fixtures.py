@@ -16,6 +16,7 @@ import pytest
 import rtrace
 from rtrace import adapters as A
 from conftest import REPO
+from test_cross import need_bin, run
 
 FIXTURES = os.path.join(REPO, "Tests", "fixtures", "engines")
 TRUTHS = sorted(glob.glob(os.path.join(FIXTURES, "*.truth.json")))
@@ -257,3 +258,26 @@ def test_readme_rollout_snippets_run(tmp_path, monkeypatch, readme, heading):
         for rec, r in zip(recs, t["records"]):
             assert rec.start == r["start"] and np.array_equal(rec.topk_ids, np.asarray(r["topk_ids"]))
             assert rec.tokens.tolist() == (r["tokens"] if r["tokens_sent"] else [])
+
+
+@need_bin
+def test_rtrace_diff_of_nemo_rl_import_against_truth_is_zero_flips(tmp_path):
+    """NeMo RL's wire strings through the adapter, diffed by the CLI against a training trace of the
+    same sequences that keeps its last row: 0 flips (the filler row, imported, flipped 1 in 2 layers)."""
+    t, path = load(os.path.join(FIXTURES, "nemo-rl-wire.truth.json"))
+    m = t["model"]
+    recs = [d for d in import_fixture(t, path) if len(d["tokens"])]
+    roll, train = tmp_path / "rollout.rtrace", tmp_path / "train.rtrace"
+    with rtrace.Writer(roll, model=m, engine=dict(name="nemo-rl", role="rollout")) as w:
+        for d in recs:
+            w.add(**d)
+    with rtrace.Writer(train, model=m, engine=dict(name="megatron", role="train")) as w:
+        for r in t["records"][:len(recs)]:
+            last = np.array([[[3, 7]] * len(m["layer_map"])])          # the training forward routes the last token too
+            w.add(uid=r["uid"], tokens=r["tokens"], prompt_len=r["prompt_len"],
+                  topk_ids=np.concatenate([np.asarray(r["topk_ids"]), last]))
+    rep = json.loads(run("diff", roll, train, "--json"))
+    assert rep["matched"]["sequences"] == len(recs)
+    assert rep["matched"]["rows"] == sum(r["rows"] for r in t["records"][:len(recs)])
+    assert rep["matched"]["rows_only_b"] == len(recs) and rep["matched"]["rows_only_a"] == 0
+    assert rep["flip_rate"] == 0
