@@ -207,8 +207,10 @@ def sglang(response, model, uid=None, tokens=None, prompt_len=None, start=None, 
 
         def each(v, j):
             return v[j] if isinstance(v, (list, tuple)) else v
-        return [sglang(r, model, uid=uid[j] if isinstance(uid, (list, tuple)) else (f"{uid}/{j}" if uid is not None else None),
-                       tokens=tokens[j] if tokens is not None else None, prompt_len=each(prompt_len, j),
+        def uid_of(j):
+            return uid[j] if isinstance(uid, (list, tuple)) else (f"{uid}/{j}" if uid is not None else None)
+        return [sglang(r, model, uid=uid_of(j), tokens=tokens[j] if tokens is not None else None,
+                       prompt_len=each(prompt_len, j),
                        start=each(start, j), group=group, reward=each(reward, j), attrs=attrs, dtype=dtype)
                 for j, r in enumerate(response)]
     if not isinstance(response, dict) and _get(response, "meta_info") is None:
@@ -464,7 +466,8 @@ def parse_nemo_rl(wire: str) -> np.ndarray:
         raise AdapterError(f"nemo_rl: payload is not valid base64 ({e})") from None
     dtype = np.dtype(dt).newbyteorder("<")
     if len(raw) != S * L * K * dtype.itemsize:
-        raise AdapterError(f"nemo_rl: payload has {len(raw)} bytes, {S}x{L}x{K} {dt} needs {S * L * K * dtype.itemsize}")
+        raise AdapterError(f"nemo_rl: payload has {len(raw)} bytes, {S}x{L}x{K} {dt} needs "
+                           f"{S * L * K * dtype.itemsize}")
     return np.frombuffer(raw, dtype=dtype).reshape(S, L, K)
 
 

@@ -50,16 +50,18 @@ def import_fixture(t, path):
             if isinstance(o, str):
                 out.append(A.nemo_rl(o, m, uid=f"nemo-{i}"))
             else:
-                out.append(A.nemo_rl(o["routed_experts"], m, uid=o["uid"], tokens=o["tokens"], prompt_len=o["prompt_len"]))
+                out.append(A.nemo_rl(o["routed_experts"], m, uid=o["uid"], tokens=o["tokens"],
+                                     prompt_len=o["prompt_len"]))
         return out
     if t["engine"] == "nemo-rl":
         z = np.load(path)
-        return A.nemo_rl_batch(z["routed_experts"], z["output_ids"], z["unpadded_sequence_lengths"], z["input_lengths"], m)
+        return A.nemo_rl_batch(z["routed_experts"], z["output_ids"], z["unpadded_sequence_lengths"],
+                               z["input_lengths"], m)
     if t["engine"] == "verl" and "agent-loop" in name:
         z = np.load(path)
         n = len({k.split("/")[0] for k in z.files})
-        return [A.verl_agent_loop({k: z[f"{i}/{k}"] for k in ("prompts", "responses", "response_mask", "routed_experts")},
-                                  m, uid=f"s{i}") for i in range(n)]
+        keys = ("prompts", "responses", "response_mask", "routed_experts")
+        return [A.verl_agent_loop({k: z[f"{i}/{k}"] for k in keys}, m, uid=f"s{i}") for i in range(n)]
     if t["engine"] == "verl":
         z = np.load(path)
         return A.verl(z["routed_experts"], z["attention_mask"], z["input_ids"], z["prompts"].shape[1], m,
@@ -75,12 +77,16 @@ def check_against_truth(t, recs):
     for d, r in zip(recs, t["records"]):
         what = f"{t['fixture']} {r['where']}"
         ids = np.asarray(d["topk_ids"])
-        want = np.asarray(r["topk_ids"], dtype=np.int32).reshape(r["rows"], len(t["model"]["layer_map"]), t["model"]["top_k"])
+        want = np.asarray(r["topk_ids"], dtype=np.int32).reshape(r["rows"], len(t["model"]["layer_map"]),
+                                                                  t["model"]["top_k"])
         assert d["start"] == r["start"], what
         assert ids.shape == want.shape, f"{what}: {ids.shape} vs {want.shape}"
         bad = np.argwhere(ids != want)
-        assert not len(bad), f"{what}: row {bad[0][0]} (position {r['start'] + bad[0][0]}), MoE layer " \
-                             f"{t['model']['layer_map'][bad[0][1]]}, slot {bad[0][2]}: {ids[tuple(bad[0])]} != {want[tuple(bad[0])]}"
+        if len(bad):
+            (row, layer, slot) = bad[0]
+            raise AssertionError(f"{what}: row {row} (position {r['start'] + row}), MoE layer "
+                                 f"{t['model']['layer_map'][layer]}, slot {slot}: {ids[row, layer, slot]} != "
+                                 f"{want[row, layer, slot]}")
         missing = [r["start"] + int(p) for p in np.nonzero((ids == -1).all(axis=2).any(axis=1))[0]]
         assert missing == r["missing_positions"], what
         toks = np.asarray(d["tokens"]).tolist()
@@ -162,7 +168,8 @@ def test_vllm_refusals_say_what_was_found():
     resp = lines(path)[2]                                       # cmpl-C: rows start at 14
     for c in resp["choices"]:
         c.pop("prompt_token_ids")
-    with pytest.raises(A.AdapterError, match="start cannot be told.*request return_token_ids, or pass tokens= or start="):
+    with pytest.raises(A.AdapterError,
+                       match="start cannot be told.*request return_token_ids, or pass tokens= or start="):
         A.vllm(resp, t["model"])
     d = A.vllm(resp, t["model"], start=14)[0]                   # the caller knows routed_experts_prompt_start
     assert d["start"] == 14 and np.array_equal(d["topk_ids"], np.asarray(t["records"][-1]["topk_ids"]))
@@ -191,7 +198,8 @@ def test_sglang_refusals_and_arrays():
         A.sglang(vl, t["model"])
     one = lines(path)[0]
     one["meta_info"]["routed_experts"] = base64.b64encode(b"\0" * 20).decode()
-    with pytest.raises(A.AdapterError, match="holds 5 values, not a whole number of rows of num_hidden_layers × top_k = 4 × 2"):
+    with pytest.raises(A.AdapterError,
+                       match="holds 5 values, not a whole number of rows of num_hidden_layers × top_k = 4 × 2"):
         A.sglang(one, t["model"])
 
 
@@ -201,7 +209,8 @@ def test_nemo_rl_batch_refuses_a_tail_that_is_not_the_filler():
     T = int(z["unpadded_sequence_lengths"][1])
     z["routed_experts"][1, T + 1, 2] = [5, 6]
     with pytest.raises(A.AdapterError, match=f"batch row 1: row {T + 1} .* is not the filler arange"):
-        A.nemo_rl_batch(z["routed_experts"], z["output_ids"], z["unpadded_sequence_lengths"], z["input_lengths"], t["model"])
+        A.nemo_rl_batch(z["routed_experts"], z["output_ids"], z["unpadded_sequence_lengths"], z["input_lengths"],
+                        t["model"])
 
 
 def test_verl_zero_fill_is_never_imported():
@@ -244,12 +253,13 @@ def test_readme_rollout_snippets_run(tmp_path, monkeypatch, readme, heading):
     assert len(blocks) >= 2, f"{readme}: no SGLang and vLLM snippets under {heading}"
     sg_t, sg_path = load(os.path.join(FIXTURES, "sglang-0.5.23-generate.truth.json"))
     vl_t, vl_path = load(os.path.join(FIXTURES, "vllm-0.33.0-request-outputs.truth.json"))
-    outs = [NS(request_id=o["request_id"], prompt_token_ids=o["prompt_token_ids"], num_cached_tokens=o["num_cached_tokens"],
-               outputs=[NS(index=c["index"], token_ids=c["token_ids"], logprobs=None, routed_experts=_npy(c["routed_experts"]))
-                        for c in o["outputs"]]) for o in lines(vl_path)]
+    outs = [NS(request_id=o["request_id"], prompt_token_ids=o["prompt_token_ids"],
+               num_cached_tokens=o["num_cached_tokens"],
+               outputs=[NS(index=c["index"], token_ids=c["token_ids"], logprobs=None,
+                           routed_experts=_npy(c["routed_experts"])) for c in o["outputs"]]) for o in lines(vl_path)]
     monkeypatch.chdir(tmp_path)
-    g = dict(rtrace=rtrace, A=A, responses=lines(sg_path), llm=NS(generate=lambda prompts, params: outs), prompts=None, params=None,
-             sampling_params=None, step=0)
+    g = dict(rtrace=rtrace, A=A, responses=lines(sg_path), llm=NS(generate=lambda prompts, params: outs),
+             prompts=None, params=None, sampling_params=None, step=0)
     for code, t in zip(blocks[:2], (sg_t, vl_t)):
         code = re.sub(r"model = dict\([^)]*\)\n", "model = fixture_model\n", code)
         exec(compile(code, readme, "exec"), dict(g, fixture_model=t["model"], model=t["model"]))
