@@ -54,9 +54,32 @@ def test_sglang(tmp_path, sample):
     with pytest.raises(A.AdapterError, match="row 5, layer 0 names an expert twice"):
         A.sglang({"meta_info": {"routed_experts": base64.b64encode(bad.astype("<i4").tobytes()).decode()}},
                  MODEL, uid="x", tokens=toks)
-    with pytest.raises(A.AdapterError, match="seq_len-1-start = 127 rows"):
-        A.sglang({"meta_info": {"routed_experts": base64.b64encode(ids[1:].astype("<i4").tobytes()).decode()}},
+    # SGLang never echoes routed_experts_start_len: the start follows from the payload's rows
+    d = A.sglang({"meta_info": {"routed_experts": base64.b64encode(ids[1:].astype("<i4").tobytes()).decode()}},
                  MODEL, uid="x", tokens=toks)
+    assert d["start"] == 1 and np.array_equal(d["topk_ids"], ids[1:])
+    full_rows = np.concatenate([ids, ids[-1:]])                 # 128 rows for 128 tokens: one too many
+    with pytest.raises(A.AdapterError, match="128 routed rows for a sequence of 128 tokens"):
+        A.sglang({"meta_info": {"routed_experts": base64.b64encode(full_rows.astype("<i4").tobytes()).decode()}},
+                 MODEL, uid="x", tokens=toks)
+    with pytest.raises(A.AdapterError, match="do not end at the last token but one"):
+        A.sglang({"meta_info": {"routed_experts": base64.b64encode(ids[1:].astype("<i4").tobytes()).decode()}},
+                 MODEL, uid="x", tokens=toks, start=0)
+    with pytest.raises(A.AdapterError, match=r"meta_info has no routed_experts \(meta_info keys: id\); SGLang 0.5.x"):
+        A.sglang({"meta_info": {"id": "r"}}, MODEL)
+
+
+def test_sglang_chat_meta_info_per_choice(sample):
+    """/v1/chat/completions with return_meta_info: each choice carries its own meta_info.routed_experts."""
+    ids, toks = sample["topk_ids"][:2], sample["tokens"][:2]
+    resp = {"id": "c", "choices": [{"index": i, "token_ids": toks[i][48:].tolist(),
+                                    "meta_info": {"routed_experts": base64.b64encode(ids[i].astype("<i4").tobytes()).decode()}}
+                                   for i in range(2)], "prompt_token_ids": toks[0][:48].tolist()}
+    recs = A.sglang(resp, MODEL)
+    assert [d["uid"] for d in recs] == ["c/0", "c/1"]
+    for i, d in enumerate(recs):
+        assert np.array_equal(d["topk_ids"], ids[i]) and d["start"] == 0 and d["prompt_len"] == 48
+        assert list(d["tokens"]) == toks[0][:48].tolist() + toks[i][48:].tolist()
 
 
 @pytest.mark.parametrize("as_npy", [False, True])
@@ -84,12 +107,19 @@ def test_vllm(tmp_path, sample, as_npy):
 
 
 def test_nemo_rl(tmp_path, sample):
-    ids = sample["topk_ids"][2]
+    ids = sample["topk_ids"][2]                                 # [127, 6, 4]: NeMo RL adds the filler row 127
+    toks = sample["tokens"][2]
+    wired = np.concatenate([ids, np.broadcast_to(np.arange(4), (1, 6, 4))])
     for dt in ("int8", "int16", "int32"):
-        wire = f"nrlre1:{dt}:127x6x4:" + base64.b64encode(ids.astype("<" + np.dtype(dt).str[1:]).tobytes()).decode()
-        assert np.array_equal(A.parse_nemo_rl(wire), ids)
-        out = roundtrip(tmp_path, MODEL, [A.nemo_rl(wire, MODEL, uid="n", tokens=sample["tokens"][2], prompt_len=48)])
-        assert np.array_equal(out[0].topk_ids, ids)
+        wire = f"nrlre1:{dt}:128x6x4:" + base64.b64encode(wired.astype("<" + np.dtype(dt).str[1:]).tobytes()).decode()
+        assert np.array_equal(A.parse_nemo_rl(wire), wired)
+        out = roundtrip(tmp_path, MODEL, [A.nemo_rl(wire, MODEL, uid="n", tokens=toks, prompt_len=48)])
+        assert np.array_equal(out[0].topk_ids, ids) and out[0].topk_ids.shape[0] == 127
+    # a last row NeMo RL's gym environment replaced with the next turn's prefill route is routing: kept
+    wire = "nrlre1:int16:127x6x4:" + base64.b64encode(ids.astype("<i2").tobytes()).decode()
+    assert np.array_equal(A.nemo_rl(wire, MODEL, uid="n")["topk_ids"], ids)
+    with pytest.raises(A.AdapterError, match="127 rows for 128 tokens"):
+        A.nemo_rl(wire, MODEL, uid="n", tokens=toks)
     with pytest.raises(A.AdapterError, match="needs 3048"):
         A.nemo_rl("nrlre1:int8:127x6x4:" + base64.b64encode(b"\0" * 10).decode(), MODEL, uid="n")
     with pytest.raises(A.AdapterError, match="nrlre1"):
