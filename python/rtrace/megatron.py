@@ -55,7 +55,7 @@ __all__ = ["Layout", "padded", "packed", "MoERouter", "routers", "geometry", "Re
            "replay_data", "set_action", "recorded_records", "AdapterError"]
 
 
-def _np(x, what):
+def _np(x):
     if x is None:
         return None
     if hasattr(x, "detach"):
@@ -64,7 +64,7 @@ def _np(x, what):
 
 
 def _ints(x, what, ndim):
-    a = _np(x, what)
+    a = _np(x)
     if a.ndim != ndim:
         raise AdapterError(f"{what}: expected {ndim} dimension(s), got shape {a.shape}")
     if a.dtype.kind not in "iub":
@@ -95,7 +95,7 @@ def padded(attention_mask) -> Layout:
     """A padded ``[B, S]`` micro-batch; ``attention_mask`` (1/True = real token) marks each row's tokens,
     left or right padded. Token ``j`` of batch row ``b`` is its ``j``-th real position ``s``, router row
     ``s * B + b`` (Megatron routes ``[S, B, hidden]`` flattened)."""
-    m = _np(attention_mask, "attention_mask")
+    m = _np(attention_mask)
     if m.ndim != 2:
         raise AdapterError(f"attention_mask: expected [batch, seq], got shape {m.shape}")
     if m.dtype.kind not in "biuf" or not np.isin(m, (0, 1)).all():
@@ -145,7 +145,7 @@ def packed(cu_seqlens, cu_seqlens_padded=None, num_tokens=None) -> Layout:
 def _input_ids(input_ids, lay: Layout):
     if input_ids is None:
         return None
-    a = _np(input_ids, "input_ids")
+    a = _np(input_ids)
     shape = tuple(a.shape)
     ok = shape == lay.ids_shape or (lay.kind == "packed" and shape == (1,) + lay.ids_shape)
     if not ok:
@@ -294,11 +294,11 @@ def _fields(rec, i):
         return f"of sequence {i} (None)", np.zeros(0, np.int64), 0, None
     get = rec.get if isinstance(rec, dict) else (lambda key, d=None: getattr(rec, key, d))
     toks = get("tokens", None)
-    toks = np.zeros(0, np.int64) if toks is None else np.asarray(_np(toks, "tokens"), dtype=np.int64).reshape(-1)
+    toks = np.zeros(0, np.int64) if toks is None else np.asarray(_np(toks), dtype=np.int64).reshape(-1)
     ids = get("topk_ids", None)
     if ids is None:
         raise AdapterError(f"record {get('uid')!r}: no topk_ids")
-    return repr(get("uid")), toks, int(get("start", 0) or 0), np.asarray(_np(ids, "topk_ids"))
+    return repr(get("uid")), toks, int(get("start", 0) or 0), np.asarray(_np(ids))
 
 
 # replay ------------------------------------------------------------------------------------------
@@ -493,7 +493,7 @@ def recorded_records(model, layout: Layout, uids=None, input_ids=None, recorded=
         if t is None:
             raise AdapterError(f"decoder layer {r.decoder_layer} (router {r.name}) recorded nothing: set "
                                f"RouterReplayAction.RECORD before the forward")
-        a = _np(t, "recorded")
+        a = _np(t)
         if a.shape != (N, k):
             hint = (" (under sequence parallelism gather the ranks' slices first)"
                     if a.ndim == 2 and a.shape[1] == k and a.shape[0] and N % a.shape[0] == 0 else "")

@@ -279,6 +279,17 @@ def check_replayed(model, cap, data, recs, rows_of, lay, trace_layers, E, k):
         assert t.dtype == torch.int64 and np.array_equal(t.numpy(), want)
 
 
+def forward_and_check(model, data, recs, lay, alone, ids, pos, am):
+    """One forward under replay, then check_replayed against the rows found from ``alone`` (``solo``)."""
+    cfg = decoder_routers(model)[0].router.config
+    cap = Capture(model)
+    forward(model, ids, pos, am)
+    cap.close()
+    check_replayed(model, cap, data, recs, true_rows(model, cap, alone), lay, [1, 2], cfg.num_moe_experts,
+                   cfg.moe_router_topk)
+    return cap
+
+
 def natural_sets(router, x):
     logits = x.double().numpy() @ router.weight.detach().double().numpy().T
     k = router.config.moe_router_topk
@@ -302,11 +313,7 @@ def test_padded_replay_exact_ids_and_gates(mg, variant, side):
     assert (s.num_tokens, s.sequences, s.padding) == (ids.size, 3, ids.size - 16)
     assert s.replayed == {1: 13, 2: 13} and s.last == {1: 3, 2: 3} and s.filled == {1: 0, 2: 0}
     data.apply()
-    cap = Capture(model)
-    forward(model, ids, pos, am)
-    cap.close()
-    check_replayed(model, cap, data, recs, true_rows(model, cap, alone), lay, [1, 2], cfg.num_moe_experts,
-                   cfg.moe_router_topk)
+    cap = forward_and_check(model, data, recs, lay, alone, ids, pos, am)
     if variant == "softmax":       # the MTP head routes natively (no trace layer)
         mtp = [r for r in RM.routers(model) if r.decoder_layer is None][0]
         x, _, rmap = cap.last(mtp.router)
@@ -327,11 +334,7 @@ def test_packed_replay_through_set_replay_data(mg):
     assert data.stats.padding == T - 16
     RouterReplay.set_replay_data(data.tensors)
     RM.set_action(model, RouterReplayAction.REPLAY_FORWARD)
-    cap = Capture(model)
-    forward(model, ids, pos, am)
-    cap.close()
-    check_replayed(model, cap, data, recs, true_rows(model, cap, alone), lay, [1, 2], cfg.num_moe_experts,
-                   cfg.moe_router_topk)
+    forward_and_check(model, data, recs, lay, alone, ids, pos, am)
 
 
 def test_replay_gradients_reach_the_router(mg):
@@ -602,11 +605,7 @@ def test_stale_instances_do_not_misroute(mg):
     with pytest.raises(ValueError, match="does not match instances"):
         RouterReplay.set_replay_data(data.tensors)
     data.apply()
-    cap = Capture(model)
-    forward(model, ids, pos, am)
-    cap.close()
-    check_replayed(model, cap, data, recs, true_rows(model, cap, alone), lay, [1, 2], cfg.num_moe_experts,
-                   cfg.moe_router_topk)
+    forward_and_check(model, data, recs, lay, alone, ids, pos, am)
 
 
 def test_recorded_records_refuse_partial_data(mg):
