@@ -5,11 +5,11 @@ from .writer import Writer
 
 __version__ = "1.0.0"
 __all__ = ["Writer", "Reader", "Record", "FormatError", "bf16_bits_to_float", "float_to_bf16_bits",
-           "native_available", "adapters", "torch"]
+           "native_available", "adapters", "torch", "megatron"]
 
 
 def __getattr__(name):
     import importlib
-    if name in ("adapters", "torch"):
+    if name in ("adapters", "torch", "megatron"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(name)
