@@ -114,4 +114,20 @@ struct CaptureCheckTests {
         let flagged = c2.finish()
         #expect(!flagged.isEmpty && flagged.allSatisfy { $0.record == "s4" }, "\(flagged)")
     }
+
+    @Test("rtrace check: warnings keep exit 0 and say so in the summary; --strict fails on them", .enabled(if: binaryTestsEnabled))
+    func cliStrict() throws {
+        let h = TraceHeader(engine: EngineInfo(name: "t", role: .train), model: ModelGeometry(numLayers: 2, numExperts: 4, topK: 2),
+                            columns: ColumnTypes(logprobs: true))
+        var recs = randomRecords(count: 2, rows: 4, L: 2, E: 4, k: 2, seed: 4)
+        recs[1].logprobs = [.nan]
+        let p = tempPath("strict.rtrace")
+        let w = try TraceWriter(path: p, header: h)
+        for r in recs { try w.append(r) }
+        try w.close()
+        let plain = try runRTrace(["check", p])
+        #expect(plain.status == 0 && plain.stdout.contains("record s1: logprobs: 1 NaN") && plain.stdout.contains("OK with 1 warning:"), "\(plain.stdout)")
+        let strict = try runRTrace(["check", "--strict", "--quiet", p])
+        #expect(strict.status == 1 && strict.stdout.contains("FAILED"), "\(strict.stdout)")
+    }
 }

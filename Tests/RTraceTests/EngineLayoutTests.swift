@@ -210,4 +210,31 @@ struct EngineLayoutTests {
         let longest = input.split(separator: 0x0A).map(\.count).max()!
         #expect(lines.peakBufferBytes <= longest * 3 / 2 + 2 * lines.chunkBytes, "\(lines.peakBufferBytes) for lines of \(longest)")
     }
+
+    @Test("rtrace import: the first record decides the logprobs column (--logprobs overrides); a failed import leaves no file",
+          .enabled(if: binaryTestsEnabled))
+    func cliLogprobsAndStaging() throws {
+        let ids = routing(rows: 3, seed: 9)
+        func resp(_ id: String, logprobs: Bool) -> [UInt8] {
+            var meta: [String: Any] = ["id": id, "routed_experts": b64(int32LE(allLayers(ids, rows: 3)))]
+            if logprobs { meta["output_token_logprobs"] = [[-0.5, 7, NSNull()], [-0.25, 8, NSNull()]] }
+            return line(["prompt_token_ids": [1, 2], "output_ids": [7, 8], "meta_info": meta])
+        }
+        let src = tempPath("lp.jsonl"), out = tempPath("lp.rtrace")
+        let geo = ["--num-layers", "4", "--layer-map", "1-3", "--num-experts", "16", "--top-k", "2"]
+        try Data(resp("a", logprobs: false) + resp("b", logprobs: true)).write(to: URL(fileURLWithPath: src))
+        try? FileManager.default.removeItem(atPath: out)
+        let r1 = try runRTrace(["import", "--from", "sglang", src, "-o", out] + geo)
+        #expect(r1.status == 1 && r1.stderr.contains("record b has logprobs, but the first record had none") && r1.stderr.contains("--logprobs keep"), "\(r1.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: out), "a failed import leaves no output")
+        let left = try FileManager.default.contentsOfDirectory(atPath: (out as NSString).deletingLastPathComponent)
+        #expect(left.allSatisfy { !$0.hasPrefix("lp.rtrace.partial") }, "\(left)")
+        let r2 = try runRTrace(["import", "--from", "sglang", src, "-o", out, "--logprobs", "keep"] + geo)
+        #expect(r2.status == 0, "\(r2.stderr)")
+        let recs = try TraceReader(path: out).readAll()
+        #expect(recs.map(\.logprobs) == [[], [-0.5, -0.25]] && recs.allSatisfy { $0.start == 0 && $0.expertIDs == ids })
+        let r3 = try runRTrace(["import", "--from", "sglang", src, "-o", out, "--logprobs", "drop"] + geo)
+        #expect(r3.status == 0, "\(r3.stderr)")
+        #expect(try TraceReader(path: out).header.columns.logprobs == false)
+    }
 }

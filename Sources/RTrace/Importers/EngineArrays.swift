@@ -116,17 +116,6 @@ public enum EngineArrays {
         }
     }
 
-    /// Widens raw little-endian bytes of `dtype` (`int32`, `torch.int16`, `uint8`, …).
-    public static func raw(_ b: [UInt8], dtype: String, what: String) throws(TraceError) -> EngineIntArray {
-        guard let e = EngineIntArray.Element(name: dtype) else {
-            throw TraceError(.invalidInput, "\(what): dtype \"\(dtype)\" is not one of \(EngineIntArray.Element.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        guard b.count % e.size == 0 else {
-            throw TraceError(.invalidInput, "\(what): \(b.count) bytes is not a whole number of \(e.rawValue) values")
-        }
-        return EngineIntArray(element: e, bytes: b, shape: [b.count / e.size])
-    }
-
     /// Parses `.npy` bytes holding integers.
     static func npy(_ b: [UInt8], what: String) throws(TraceError) -> EngineIntArray {
         let a = try NpyArray.parse(b, name: what)

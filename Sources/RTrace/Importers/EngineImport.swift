@@ -36,21 +36,13 @@ public enum EngineImport {
                     policyVersion: policyVersion, attributes: attributes)
     }
 
-    /// The header for `records`: a logprobs column when any record has logprobs.
-    public static func header(
-        engine: EngineInfo, settings: EngineImportSettings, records: [TraceRecord], policyVersion: Int? = nil,
-        attributes: [String: String] = [:]
-    ) -> TraceHeader {
-        header(engine: engine, settings: settings, logprobs: records.contains { !$0.logprobs.isEmpty },
-               policyVersion: policyVersion, attributes: attributes)
-    }
-
-    /// Checks a record's shapes against the geometry, naming where it came from.
+    /// Checks a record's shapes against the geometry, naming where it came from. Its ids came from
+    /// ``EngineArrays/routingIDs(_:model:validate:what:rows:)``, which checked them.
     static func checked(_ r: TraceRecord, _ s: EngineImportSettings, _ where_: String) throws(TraceError) -> TraceRecord {
         // Only the geometry and columns matter here; a fixed `created` spares a date formatter per record.
         let h = TraceHeader(engine: EngineInfo(name: "", role: .other), model: s.model,
                             columns: ColumnTypes(logprobs: !r.logprobs.isEmpty), created: "")
-        do { try r.validateShape(h) } catch {
+        do { try r.validateShape(h, checkIDs: false) } catch {
             throw TraceError(.invalidInput, "\(where_): \(error.message)")
         }
         return r
