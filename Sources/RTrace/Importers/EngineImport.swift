@@ -78,6 +78,25 @@ public enum EngineImport {
         if lines == 0 { throw TraceError(.invalidInput, "no records: the input has no JSON lines", file: input.file) }
     }
 
+    /// Runs `body` for each object of the input: a line's object, or each element of a line's JSON
+    /// array, with where it is (`line 3`, `line 4[1]`) and its ordinal. Anything else is an error
+    /// saying what was found and, in `expecting`, what the engine sends.
+    static func eachObject(
+        _ input: JSONLines, expecting: String, _ body: (_ o: JSONValue, _ what: String, _ ordinal: Int) throws(TraceError) -> Void
+    ) throws(TraceError) {
+        var n = 0
+        try eachLine(input) { (value, line) throws(TraceError) in
+            guard case .json(let v) = value else { return }
+            let items = v.kind == .array ? v.elements : [v]
+            for (j, o) in items.enumerated() {
+                let what = v.kind == .array ? "line \(line)[\(j)]" : "line \(line)"
+                guard o.kind == .object else { throw TraceError(.invalidInput, "\(what) is \(o.summary); \(expecting)") }
+                try body(o, what, n)
+                n += 1
+            }
+        }
+    }
+
     /// One line of input: a JSON value, or a bare NeMo RL wire string.
     enum Line {
         case json(JSONValue)

@@ -25,21 +25,12 @@ extension EngineImport {
         _ input: JSONLines, settings s: EngineImportSettings, notice: (String) -> Void = { _ in },
         emit: (TraceRecord) throws(TraceError) -> Void
     ) throws(TraceError) {
-        var n = 0
-        try eachLine(input) { (value, line) throws(TraceError) in
-            guard case .json(let v) = value else { return }
-            let items = v.kind == .array ? v.elements : [v]
-            for (j, o) in items.enumerated() {
-                let what = v.kind == .array ? "line \(line)[\(j)]" : "line \(line)"
-                guard o.kind == .object else {
-                    throw TraceError(.invalidInput, "\(what) is \(o.summary); SGLang sends a /generate response object (or an array of them for n > 1 and batches) or an OpenAI-compatible response")
-                }
-                if o.field("choices") != nil {
-                    try sglangOpenAI(o, s, what, ordinal: n, notice: notice, emit: emit)
-                } else {
-                    try emit(try sglangGenerate(o, s, what, ordinal: n))
-                }
-                n += 1
+        try eachObject(input, expecting: "SGLang sends a /generate response object (or an array of them for n > 1 and batches) or an OpenAI-compatible response") {
+            (o, what, n) throws(TraceError) in
+            if o.field("choices") != nil {
+                try sglangOpenAI(o, s, what, ordinal: n, notice: notice, emit: emit)
+            } else {
+                try emit(try sglangGenerate(o, s, what, ordinal: n))
             }
         }
     }

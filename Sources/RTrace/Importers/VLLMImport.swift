@@ -28,21 +28,12 @@ extension EngineImport {
     public static func vllm(
         _ input: JSONLines, settings s: EngineImportSettings, emit: (TraceRecord) throws(TraceError) -> Void
     ) throws(TraceError) {
-        var n = 0
-        try eachLine(input) { (value, line) throws(TraceError) in
-            guard case .json(let v) = value else { return }
-            let items = v.kind == .array ? v.elements : [v]
-            for (j, o) in items.enumerated() {
-                let what = v.kind == .array ? "line \(line)[\(j)]" : "line \(line)"
-                guard o.kind == .object else {
-                    throw TraceError(.invalidInput, "\(what) is \(o.summary); vLLM sends a request output object (or a list of them) or an OpenAI-compatible response")
-                }
-                if o.field("choices") != nil {
-                    try vllmOpenAI(o, s, what, ordinal: n, emit: emit)
-                } else {
-                    try vllmRequestOutput(o, s, what, ordinal: n, emit: emit)
-                }
-                n += 1
+        try eachObject(input, expecting: "vLLM sends a request output object (or a list of them) or an OpenAI-compatible response") {
+            (o, what, n) throws(TraceError) in
+            if o.field("choices") != nil {
+                try vllmOpenAI(o, s, what, ordinal: n, emit: emit)
+            } else {
+                try vllmRequestOutput(o, s, what, ordinal: n, emit: emit)
             }
         }
     }
