@@ -19,13 +19,13 @@ public struct EngineImportSettings: Sendable {
 ///
 /// | engine | release | layout |
 /// |---|---|---|
-/// | SGLang | 0.5.x | `/generate` responses (an object, or an array for n > 1 and batches): `meta_info.routed_experts` = base64 int32 `[seq_len - 1 - start, all layers, k]` |
+/// | SGLang | 0.5.x (checked: 0.5.23) | `/generate` responses (an object, or an array for n > 1 and batches): `meta_info.routed_experts` = base64 int32 `[seq_len - 1 - start, all layers, k]` |
 /// | SGLang | 0.5.x | OpenAI-compatible responses: `sglext.routed_experts` (the first choice's), or `choices[i].meta_info.routed_experts` |
-/// | vLLM | ≥ 0.22 | request outputs: `outputs[i].routed_experts` `[T - 1 - start, all layers, k]` uint8/uint16 |
+/// | vLLM | ≥ 0.22 (checked: 0.27, 0.33) | request outputs: `outputs[i].routed_experts` `[T - 1 - start, all layers, k]` uint8/uint16 |
 /// | vLLM | ≥ 0.22 | OpenAI-compatible responses: `choices[i].routed_experts` = base64 `.npy` |
-/// | vLLM | 0.21 | request outputs: `prompt_routed_experts` + `outputs[i].routed_experts` int16, -1 = prefix-cached |
-/// | NeMo RL | 0.4+ | `nrlre1:<dtype>:<S>x<L>x<K>:<base64>` strings, S = T rows, the last a filler |
-/// | verl | 0.9 | batched arrays in an `.npz` (``verl(_:settings:promptWidth:file:)``) |
+/// | vLLM | 0.21 | `prompt_routed_experts` + each completion's `routed_experts`, int16; prefix-cached rows (0 or -1) missing |
+/// | NeMo RL | checked: 7ea279a (2026-08) | `nrlre1:<dtype>:<S>x<L>x<K>:<base64>` strings, S = T rows, the last a filler; the `generate()` batch in an `.npz` |
+/// | verl | 0.9 (checked: 0.9.1) | the padded batch or `AgentLoopOutput` samples in an `.npz` (``verl(_:settings:promptWidth:file:)``) |
 public enum EngineImport {
     /// The header for records imported from `engine`: a logprobs column when `logprobs`.
     public static func header(
