@@ -90,6 +90,7 @@ bench: deps release
 	$(PY) bench/diff_stats/bench.py --rtrace $(RELEASE)
 	cd python && ../$(PY) setup.py -q build_ext --inplace
 	RTRACE_BIN=$(RELEASE) PYTHONPATH=python $(PY) python/bench_python.py
+	$(PY) bench/import/bench.py --rtrace $(RELEASE)
 
 experiment: deps
 	@if [ -f bench/replay/experiment.sh ]; then PYTHON=$(PY) bash bench/replay/experiment.sh; else echo "replay-train is not built yet"; exit 1; fi

@@ -159,6 +159,30 @@ public final class InputSource {
         return out
     }
 
+    /// Reads up to `buffer.count` bytes sequentially into `buffer`; returns how many (fewer only at
+    /// end of input, 0 there).
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(TraceError) -> Int {
+        guard buffer.count > 0 else { return 0 }
+        if let memory {
+            let n = max(0, min(buffer.count, memory.count - position))
+            if n > 0 { memory.withUnsafeBytes { m in buffer.baseAddress!.copyMemory(from: m.baseAddress! + position, byteCount: n) } }
+            position += n
+            return n
+        }
+        var got = 0
+        while got < buffer.count {
+            let r = Glibc.read(fd, buffer.baseAddress! + got, buffer.count - got)
+            if r < 0 {
+                if errno == EINTR { continue }
+                throw TraceError(.io, "read failed: \(errnoText())", file: name, offset: position + got)
+            }
+            if r == 0 { break }
+            got += r
+        }
+        position += got
+        return got
+    }
+
     /// The first buffer size of a sequential read.
     static let readStep = 1 << 20
 

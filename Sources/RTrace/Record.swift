@@ -77,6 +77,12 @@ public struct TraceRecord: Sendable, Equatable {
 
     /// Checks shapes against a geometry and columns, as a writer must before storing.
     public func validateShape(_ h: TraceHeader) throws(TraceError) {
+        try validateShape(h, checkIDs: true)
+    }
+
+    /// ``validateShape(_:)``; without `checkIDs`, the per-id pass (wholly present or missing
+    /// (row, layer)s, ids within the id width) is left to the writer.
+    func validateShape(_ h: TraceHeader, checkIDs: Bool) throws(TraceError) {
         func bad(_ m: String) -> TraceError { TraceError(.invalidInput, "record \(uid): \(m)") }
         let L = h.model.moeLayers, k = h.model.topK, E = h.model.numExperts
         if uid.utf8.isEmpty || uid.utf8.count > 65_535 { throw bad("uid must be 1…65535 bytes of UTF-8") }
@@ -112,6 +118,7 @@ public struct TraceRecord: Sendable, Equatable {
         }
         if !h.columns.logprobs && !logprobs.isEmpty { throw bad("the record has logprobs but the trace has no logprobs column") }
         if let a = attributes, a.utf8.count > 16 << 20 { throw bad("attributes exceed 16 MiB") }
+        guard checkIDs else { return }
         // A (row, layer) is wholly present or wholly missing; stored ids must fit the id width.
         let maxID = h.idWidth == .u8 ? 255 : 65_534
         for s in 0..<(rowCount * L) {

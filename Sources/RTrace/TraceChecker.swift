@@ -59,6 +59,7 @@ public enum TraceChecker {
         var chunkOffsets: [Int] = []
         var allZero = [Bool](repeating: true, count: header.model.moeLayers)
         var anyPresent = [Bool](repeating: false, count: header.model.moeLayers)
+        var capture = CaptureCheck(header: header)
         let size = source.size
         // Intact frames wait here and are decoded a window at a time on every core, then checked in
         // file order. One window decodes in the background while the previous one is checked and the
@@ -84,6 +85,7 @@ public enum TraceChecker {
                     try state.add(d, at: at, log) { rec, clean in
                         // Records the workers found clean skip the slow path, which names each problem.
                         if !clean { validate(rec, header, at, &allZero, &anyPresent, issue) }
+                        for i in capture.add(rec, offset: at) { issue(i.severity, i.offset, i.record, i.message) }
                         try writer?.append(rec)
                     }
                 } catch {
@@ -207,6 +209,7 @@ public enum TraceChecker {
         for (l, z) in allZero.enumerated() where z && anyPresent[l] && header.model.numExperts > 1 {
             issue(.error, nil, nil, "MoE layer \(header.model.layerMap[l]): every expert id is 0 — the routing of this layer was never captured")
         }
+        for i in capture.finish() { issue(i.severity, i.offset, i.record, i.message) }
         report.issues = log.issues
         report.lostRecords = log.lostRecords
         report.records = state.emitted

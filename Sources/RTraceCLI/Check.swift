@@ -9,6 +9,13 @@ struct Check: ParsableCommand {
             Checks every CRC, the index and trailer (truncation), ids below num_experts, no expert twice in a
             (row, layer) (duplicates break all-to-all dispatch), shapes, and MoE layers whose ids are all
             zero (a capture that never happened). Each problem names its byte offset and record.
+            Warnings flag capture bugs that leave plausible-looking data (exit 0 unless --strict):
+              - NaN or infinite topk_weights, router_logits or logprobs (the record, the count, the first's
+                row, position and layer);
+              - a run of rows that repeat the previous row in every MoE layer although their tokens differ,
+                longer than chance allows: over the trace's comparable row pairs (both rows present in every
+                layer, different input tokens where the record has tokens), q_l is the fraction equal in
+                layer l and p = prod(q_l); a run of m repeats is reported when N * p^m < 0.01 (N pairs).
             --salvage OUT writes every intact record to a new, valid trace.
             Example: rtrace check --salvage fixed.rtrace crashed.rtrace
             """)
@@ -22,16 +29,21 @@ struct Check: ParsableCommand {
     @Flag(help: "Print only the summary line.")
     var quiet = false
 
+    @Flag(help: "Exit 1 on warnings too (NaN or infinite floats, repeated rows, skipped columns).")
+    var strict = false
+
     func run() throws {
         try runReportingErrors {
             let report = try TraceChecker.check(path: file, salvage: salvage)
             let out = try TextOutput()
             if !quiet { for i in report.issues { try out.line("\(file): \(i)") } }
-            let state = report.clean ? "OK" : "FAILED"
+            let warnings = report.issues.filter { $0.severity == .warning }.count
+            let failed = !report.clean || (strict && warnings > 0)
+            let state = failed ? "FAILED" : warnings > 0 ? "OK with \(warnings) warning\(warnings == 1 ? "" : "s")" : "OK"
             try out.line("\(file): \(state): \(report.chunks) chunks (\(report.badChunks) damaged), \(report.records) intact records, \(report.rows) rows, \(report.lostRecords) records lost, \(report.complete ? "complete" : "no valid index/trailer")")
             if let salvage { try out.line("salvaged \(report.records) records to \(salvage)") }
             try out.flush()
-            if !report.clean { throw ExitCode.failure }
+            if failed { throw ExitCode.failure }
         }
     }
 }

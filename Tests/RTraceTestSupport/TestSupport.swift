@@ -50,3 +50,20 @@ public let noSkip = ProcessInfo.processInfo.environment["RTRACE_NO_SKIP"] == "1"
 /// Whether the tests that run the `rtrace` executable are enabled: it is built, or RTRACE_NO_SKIP=1 (then a
 /// missing executable fails them).
 public let binaryTestsEnabled = noSkip || FileManager.default.isExecutableFile(atPath: rtraceBinary)
+
+/// Runs the `rtrace` executable with `arguments` (its output goes through temporary files, so a
+/// large one cannot block it): the exit status and what it printed.
+public func runRTrace(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    let out = tempPath("run-\(UUID().uuidString).out"), err = tempPath("run-\(UUID().uuidString).err")
+    FileManager.default.createFile(atPath: out, contents: nil)
+    FileManager.default.createFile(atPath: err, contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: out); try? FileManager.default.removeItem(atPath: err) }
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: rtraceBinary)
+    p.arguments = arguments
+    p.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+    p.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
+    try p.run()
+    p.waitUntilExit()
+    return (p.terminationStatus, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "", (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+}

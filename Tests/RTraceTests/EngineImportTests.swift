@@ -88,15 +88,23 @@ struct EngineImportTests {
         #expect(got[0].expertIDs == Array(r.expertIDs[(start * 6 * 4)...]))
         #expect(got[0].group == "g" && got[0].reward == 0.5 && got[0].uid == "turn-2")
 
-        // One row short: the error names the file, the line and both expected sizes.
-        let short = jsonLine(["tokens": r.tokens.map(Int.init),
+        // Without an echoed start, the start comes from seq_len - 1 - rows: one row fewer starts one later.
+        let later = jsonLine(["tokens": r.tokens.map(Int.init),
                               "meta_info": ["routed_experts": Data(int32Bytes(Array(tail.dropFirst(24)))).base64EncodedString()]])
+        let got2 = try EngineImport.sglang(JSONLines(bytes: later, file: "x.jsonl"), settings: EngineImportSettings(model: geometry))
+        #expect(got2.count == 1 && got2[0].start == start + 1 && got2[0].rowCount == r.rowCount - start - 1)
+        #expect(got2[0].expertIDs == Array(r.expertIDs[((start + 1) * 6 * 4)...]))
+
+        // More rows than seq_len - 1: the error names the file, the line and what SGLang sends.
+        let all = engineIDs(r, numLayers: 6, layerMap: geometry.layerMap)
+        let long = jsonLine(["tokens": r.tokens.map(Int.init),
+                             "meta_info": ["routed_experts": Data(int32Bytes(all + Array(all.prefix(24)))).base64EncodedString()]])
         let e = #expect(throws: TraceError.self) {
-            try EngineImport.sglang(JSONLines(bytes: line + short, file: "x.jsonl"), settings: EngineImportSettings(model: geometry))
+            try EngineImport.sglang(JSONLines(bytes: line + long, file: "x.jsonl"), settings: EngineImportSettings(model: geometry))
         }
         #expect(e?.file == "x.jsonl")
         #expect(e?.message.hasPrefix("line 2:") == true, "\(e?.message ?? "")")
-        #expect(e?.message.contains("need") == true)
+        #expect(e?.message.contains("SGLang 0.5.x sends (\(r.tokens.count) - 1 - start) rows") == true, "\(e?.message ?? "")")
     }
 
     @Test("vLLM: nested int16 lists with -1 prefix-cached rows, n completions sharing the prompt, base64 .npy")
@@ -146,9 +154,10 @@ struct EngineImportTests {
     func nemo() throws {
         var input: [UInt8] = []
         for (i, r) in realRollout.prefix(3).enumerated() {
-            let v = engineIDs(r, numLayers: 6, layerMap: geometry.layerMap)
+            // NeMo RL's S = T rows: vLLM's T - 1, then a filler arange(K).
+            let v = engineIDs(r, numLayers: 6, layerMap: geometry.layerMap) + (0..<6).flatMap { _ in [0, 1, 2, 3] as [Int64] }
             let b = v.flatMap { x -> [UInt8] in let u = UInt16(bitPattern: Int16(x)); return [UInt8(u & 0xFF), UInt8(u >> 8)] }
-            let wire = "nrlre1:int16:\(r.rowCount)x6x4:\(Data(b).base64EncodedString())"
+            let wire = "nrlre1:int16:\(r.rowCount + 1)x6x4:\(Data(b).base64EncodedString())"
             if i == 0 {
                 input += Array((wire + "\n").utf8)
             } else {
@@ -160,6 +169,15 @@ struct EngineImportTests {
         for (g, want) in zip(got, realRollout) { #expect(g.expertIDs == want.expertIDs) }
         #expect(got[0].uid == "0" && got[0].tokens.isEmpty)
         #expect(got[2].uid == realRollout[2].uid && got[2].tokens == realRollout[2].tokens)
+        #expect(zip(got, realRollout).allSatisfy { $0.rowCount == $1.rowCount }, "the filler row is dropped")
+
+        // Tokens that do not number S are refused, saying what NeMo RL sends.
+        let bad = jsonLine(["routed_experts": "nrlre1:int8:2x6x4:" + Data([UInt8](repeating: 1, count: 48)).base64EncodedString(),
+                            "tokens": [1, 2, 3]])
+        let e = #expect(throws: TraceError.self) {
+            try EngineImport.nemoRL(JSONLines(bytes: bad, file: "n.jsonl"), settings: EngineImportSettings(model: geometry))
+        }
+        #expect(e?.message.contains("2 rows for 3 tokens") == true && e?.message.contains("one row per token") == true, "\(e?.message ?? "")")
 
         #expect(throws: TraceError.self) { try EngineImport.parseNemoRL("nrlre1:int16:2x6x4:AAAA", what: "w") }
         #expect(throws: TraceError.self) { try EngineImport.parseNemoRL("nrlre1:float32:1x1x1:AAAA", what: "w") }

@@ -1,109 +1,90 @@
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
-/// A JSON-lines input: one JSON value per non-empty line, parsed on demand, errors naming the line.
-public struct JSONLines: Sendable {
+/// A JSON-lines input read one line at a time: memory stays at one read chunk plus the longest line.
+///
+/// Each non-blank line is handed over in place (its bytes are valid only during the call), with
+/// its 1-based number and the byte offset of its first byte, so errors can name both. A line may
+/// end in `\n` or `\r\n`; the last one needs no newline.
+public final class JSONLines {
     /// The file name used in errors.
     public let file: String
-    private let bytes: [UInt8]
+    private let source: InputSource
+    /// Bytes asked of the source per read.
+    public var chunkBytes = 1 << 20
+    /// The largest line buffer held so far, in bytes (one line plus one chunk, at most ×1.5 for growth).
+    public private(set) var peakBufferBytes = 0
+    private var consumed = false
 
-    /// Reads all of `path` (`-` = standard input).
+    /// Opens `path` (`-` = standard input).
     public init(path: String) throws(TraceError) {
-        let s: InputSource
-        do { s = try InputSource(path: path) } catch { throw error.inFile(path) }
-        var b: [UInt8] = []
-        while true {
-            let chunk = try s.read(upTo: 1 << 20)
-            if chunk.isEmpty { break }
-            b += chunk
-        }
-        self.init(bytes: b, file: path)
+        do { source = try InputSource(path: path) } catch { throw error.inFile(path) }
+        file = path
     }
 
+    /// Reads lines from `bytes` (as a pipe would deliver them).
     public init(bytes: [UInt8], file: String) {
-        self.bytes = bytes
+        source = InputSource(bytes: bytes, name: file, seekable: false)
         self.file = file
     }
 
-    /// Calls `body` with each line's 1-based number, byte offset and raw text (blank lines skipped).
-    public func forEachLine(_ body: (_ line: Int, _ offset: Int, _ text: ArraySlice<UInt8>) throws -> Void) rethrows {
-        var start = 0, line = 1
-        while start < bytes.count {
-            var end = start
-            while end < bytes.count && bytes[end] != 0x0A { end += 1 }
-            let text = bytes[start..<end]
-            if text.contains(where: { $0 != 0x20 && $0 != 0x09 && $0 != 0x0D }) { try body(line, start, text) }
-            start = end + 1
+    /// Calls `body` with each non-blank line's number, offset and bytes. A second call reads nothing.
+    public func forEachLine(
+        _ body: (_ line: Int, _ offset: Int, _ text: UnsafeRawBufferPointer) throws(TraceError) -> Void
+    ) throws(TraceError) {
+        guard !consumed else { return }
+        consumed = true
+        var cap = chunkBytes + 1
+        var buf = UnsafeMutableRawPointer.allocate(byteCount: cap, alignment: 16)
+        defer { buf.deallocate() }
+        peakBufferBytes = max(peakBufferBytes, cap)
+        var lo = 0, hi = 0, scan = 0  // [lo, hi) holds unread bytes; [lo, scan) has no newline
+        var base = 0  // input offset of buf[0]
+        var line = 1
+        var eof = false
+        func emit(_ end: Int) throws(TraceError) {
+            var e = end
+            if e > lo && buf.load(fromByteOffset: e - 1, as: UInt8.self) == 0x0D { e -= 1 }
+            let text = UnsafeRawBufferPointer(start: buf + lo, count: e - lo)
+            if text.contains(where: { $0 != 0x20 && $0 != 0x09 && $0 != 0x0D }) { try body(line, base + lo, text) }
             line += 1
         }
-    }
-
-    /// Parses one line as JSON (fragments allowed: a bare string is a value).
-    public func parse(_ text: ArraySlice<UInt8>, line: Int, offset: Int) throws(TraceError) -> Any {
-        do {
-            return try JSONSerialization.jsonObject(with: Data(text), options: [.fragmentsAllowed])
-        } catch {
-            throw TraceError(.invalidInput, "line \(line): not valid JSON (\(error.localizedDescription))", file: file, offset: offset)
+        while true {
+            if scan < hi, let nl = memchr(buf + scan, 0x0A, hi - scan) {
+                let at = buf.distance(to: nl)
+                try emit(at)
+                lo = at + 1
+                scan = lo
+                continue
+            }
+            scan = hi
+            if eof {
+                if hi > lo { try emit(hi) }
+                return
+            }
+            // Make room for one more chunk after the unread bytes: slide them to the front, and
+            // grow only when one line is longer than the buffer.
+            if lo > 0 {
+                if hi > lo { (buf).copyMemory(from: buf + lo, byteCount: hi - lo) }
+                base += lo
+                hi -= lo
+                scan -= lo
+                lo = 0
+            }
+            if cap - hi < chunkBytes {
+                let newCap = max(hi + chunkBytes, cap + cap / 2)
+                let nb = UnsafeMutableRawPointer.allocate(byteCount: newCap, alignment: 16)
+                nb.copyMemory(from: buf, byteCount: hi)
+                buf.deallocate()
+                buf = nb
+                cap = newCap
+                peakBufferBytes = max(peakBufferBytes, cap)
+            }
+            let n = try source.read(into: UnsafeMutableRawBufferPointer(start: buf + hi, count: chunkBytes))
+            if n == 0 { eof = true } else { hi += n }
         }
-    }
-}
-
-/// Typed access to a decoded JSON object, errors naming the field.
-struct JSONFields {
-    let object: [String: Any]
-    let what: String
-
-    func has(_ key: String) -> Bool { object[key] != nil && !(object[key] is NSNull) }
-
-    func int(_ key: String) throws(TraceError) -> Int? {
-        guard has(key) else { return nil }
-        guard let n = object[key] as? NSNumber, let i = Int(exactly: n.doubleValue) else {
-            throw TraceError(.invalidInput, "\(what): \"\(key)\" is \(object[key]!), expected an integer")
-        }
-        return i
-    }
-
-    func double(_ key: String) throws(TraceError) -> Double? {
-        guard has(key) else { return nil }
-        guard let n = object[key] as? NSNumber else {
-            throw TraceError(.invalidInput, "\(what): \"\(key)\" is \(object[key]!), expected a number")
-        }
-        return n.doubleValue
-    }
-
-    /// A string, or a number written as text (request ids are sometimes numbers).
-    func string(_ key: String) throws(TraceError) -> String? {
-        guard has(key) else { return nil }
-        if let s = object[key] as? String { return s }
-        if let n = object[key] as? NSNumber { return n.stringValue }
-        throw TraceError(.invalidInput, "\(what): \"\(key)\" is \(object[key]!), expected a string")
-    }
-
-    func ints(_ key: String) throws(TraceError) -> [Int32]? {
-        guard has(key) else { return nil }
-        let a = try EngineArrays.decode(object[key]!, rawDType: "int32", what: "\(what): \"\(key)\"")
-        var out: [Int32] = []
-        out.reserveCapacity(a.values.count)
-        for v in a.values {
-            guard let x = Int32(exactly: v) else { throw TraceError(.invalidInput, "\(what): \"\(key)\" holds \(v), not an int32 token id") }
-            out.append(x)
-        }
-        return out
-    }
-
-    func floats(_ key: String) throws(TraceError) -> [Float]? {
-        guard has(key) else { return nil }
-        guard let a = object[key] as? [Any] else { throw TraceError(.invalidInput, "\(what): \"\(key)\" is not a list of numbers") }
-        var out: [Float] = []
-        for (i, x) in a.enumerated() {
-            guard let n = x as? NSNumber else { throw TraceError(.invalidInput, "\(what): \"\(key)\"[\(i)] is \(x), not a number") }
-            out.append(n.floatValue)
-        }
-        return out
-    }
-
-    func object(_ key: String) throws(TraceError) -> JSONFields? {
-        guard has(key) else { return nil }
-        guard let o = object[key] as? [String: Any] else { throw TraceError(.invalidInput, "\(what): \"\(key)\" is not an object") }
-        return JSONFields(object: o, what: "\(what).\(key)")
     }
 }
