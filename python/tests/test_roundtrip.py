@@ -225,7 +225,7 @@ def test_every_byte_flip_in_chunk_detected(good):
         bad[pos] ^= 0x41
         with pytest.raises(rtrace.FormatError) as e:
             list(rtrace.Reader(bytes(bad)))
-        assert e.value.offset == off or e.value.kind in ("corrupt", "limit", "truncated"), e.value
+        assert off <= e.value.offset < off + flen or e.value.kind in ("corrupt", "limit", "truncated"), e.value
 
 
 def test_header_damage(good):
@@ -267,6 +267,6 @@ def test_unknown_extension_column_skipped(good, sample):
     head = b"RTCK" + struct.pack("<IIIQ", C + 1, P, R, pl + len(ext)) + d2
     frame = head + struct.pack("<I", zlib.crc32(head)) + good[off + 28 + 16 * C: off + flen] + ext
     data = good[:off] + frame + good[off + flen:r.index["chunks"][-1][0] + r.index["chunks"][-1][1]]
-    with pytest.warns(UserWarning, match="extension column 40"):
+    with pytest.warns(UserWarning, match="extension column #40"):
         out = list(rtrace.Reader(data, allow_incomplete=True))
     check_sample(out, sample)
