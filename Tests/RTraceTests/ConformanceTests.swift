@@ -77,6 +77,17 @@ let conformanceCases: [ConformanceCase] = {
         #expect(delivered == want.records, "\(c) \(mode): \(delivered) records delivered, expected \(want.records)")
     }
 
+    /// What readers accept from a later minor version a 1.0 writer does not write: a policy_version outside
+    /// 0…2^53−1 is refused (spec/format.md §3.2).
+    @Test func writerKeepsTheHeaderRules() throws {
+        for pv in [-1, 1 << 53] {
+            let h = TraceHeader(engine: EngineInfo(name: "t", role: .train),
+                                model: ModelGeometry(numLayers: 2, numExperts: 4, topK: 2), policyVersion: pv)
+            let e = traceError { _ = try TraceWriter(path: tempPath("policy.rtrace"), header: h) }
+            #expect(e?.kind == .badHeader && e?.message.contains("policy_version") == true, "\(String(describing: e))")
+        }
+    }
+
     @Test(arguments: conformanceCases)
     func strict(_ c: ConformanceCase) throws {
         check(c, c.strict, mode: "strict", endIsFine: false)

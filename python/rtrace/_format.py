@@ -245,20 +245,30 @@ def _lone_surrogate(v) -> bool:
     return False
 
 
+_SURROGATE_ESCAPE = None
+_JSON_DECODER = None
+
+
 def json_object(data, what: str, offset, kind: str) -> dict:
     """Parses one JSON object under the rules of spec §3.2 (UTF-8 without a byte-order mark, finite numbers,
     no unpaired surrogate; a repeated key keeps its last value); raises FormatError(kind) otherwise."""
-    import json
+    global _SURROGATE_ESCAPE, _JSON_DECODER
+    if _JSON_DECODER is None:
+        import json
+        import re
+        _JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+        _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+    data = bytes(data)
     try:
-        text = bytes(data).decode("utf-8")
+        text = data.decode("utf-8")
         if text.startswith("\ufeff"):
             raise ValueError("it starts with a byte-order mark; the format forbids one")
-        v = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        v = _JSON_DECODER.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise FormatError(f"{what} does not parse: {e}", offset, kind) from None
     if not isinstance(v, dict):
         raise FormatError(f"{what} is not an object", offset, kind)
-    if _lone_surrogate(v):
+    if _SURROGATE_ESCAPE.search(data) and _lone_surrogate(v):
         raise FormatError(f"{what} holds an unpaired surrogate", offset, kind)
     return v
 

@@ -345,7 +345,7 @@ class Reader:
         s.seek(io_)
         fr = s.read(il)
         try:
-            ix = _parse_index_frame(fr, io_, s.name)
+            ix = _parse_index_frame(fr, io_, s.name, records=False)
             expect = self.data_start
             for off, flen, _fr, _p, _r in ix["chunks"]:
                 if off != expect or flen < 28:
@@ -361,12 +361,21 @@ class Reader:
         return True
 
     def _parse_index(self):
+        """The index, its record table parsed on first use; an index whose table does not parse is unusable
+        (spec §7): the file is then read by scan, as an incomplete one."""
+        if self._index is not None and "records" not in self._index:
+            try:
+                _parse_index_records(self._index)
+            except FormatError as e:
+                self._index = None
+                self.complete = False
+                self.incomplete_reason = f"index unusable ({e}); reading by scan"
         return self._index
 
     @property
     def index(self) -> Optional[dict]:
         """The parsed index (chunks, records, uids, totals) of a complete seekable file, else None."""
-        return self._index
+        return self._parse_index()
 
     def __len__(self):
         ix = self._parse_index()
@@ -782,8 +791,10 @@ def _index_body_len(head: bytes, at: int) -> int:
     return body_len
 
 
-def _parse_index_frame(fr: bytes, at: int, name: str) -> dict:
-    """Parses and checks a whole index frame (spec §7): header, CRC, then the body exactly."""
+def _parse_index_frame(fr: bytes, at: int, name: str, records: bool = True) -> dict:
+    """Parses and checks a whole index frame (spec §7): header, CRC, then the body exactly. With
+    ``records=False`` the record table is only located (its entries are parsed by _parse_index_records,
+    when the index is first used: a few microseconds per record)."""
     n = _index_body_len(fr[:16], at)
     if len(fr) != 20 + n:
         raise FormatError(f"{name}: index frame needs {20 + n} bytes, has {len(fr)}", at, "truncated")
@@ -792,26 +803,44 @@ def _parse_index_frame(fr: bytes, at: int, name: str) -> dict:
         raise FormatError(f"{name}: index CRC mismatch (stored {stored:08x}, computed {got:08x})", at + 16 + n,
                           "checksum")
     b = fr[16:16 + n]
+    if len(b) < 8:
+        raise _index_bad(name, at, "body is malformed (no n_chunks)")
+    (nc,) = struct.unpack_from("<Q", b, 0)
+    if nc > (len(b) - 8) // 32:
+        raise _index_bad(name, at, f"n_chunks {nc} does not fit its body")
+    table = np.frombuffer(b, dtype=np.dtype([("offset", "<u8"), ("frame_len", "<u8"), ("first", "<u8"),
+                                             ("P", "<u4"), ("R", "<u4")]), count=nc, offset=8)
+    if nc and (max(int(table["offset"].max()), int(table["frame_len"].max()), int(table["first"].max())) >= 1 << 62):
+        raise _index_bad(name, at, "chunk entry out of range")
+    ix = {"chunks": [tuple(c) for c in table.tolist()], "body": b, "at": at, "name": name,
+          "records_at": 8 + 32 * nc}
+    if records:
+        _parse_index_records(ix)
+    return ix
+
+
+def _index_bad(name, at, msg, kind="corrupt"):
+    return FormatError(f"{name}: index: {msg}", at + 16, kind)
+
+
+def _parse_index_records(ix: dict) -> dict:
+    """Parses the record table and totals of an index from _parse_index_frame (in place), exactly."""
+    if "records" in ix:
+        return ix
+    b, at, name, nc = ix["body"], ix["at"], ix["name"], len(ix["chunks"])
+    p = ix["records_at"]
 
     def bad(msg, kind="corrupt"):
-        return FormatError(f"{name}: index: {msg}", at + 16, kind)
-
+        return _index_bad(name, at, msg, kind)
     try:
-        p = 0
-        (nc,) = struct.unpack_from("<Q", b, p); p += 8
-        if nc > (len(b) - p) // 32:
-            raise bad(f"n_chunks {nc} does not fit its body")
-        chunks = [struct.unpack_from("<QQQII", b, p + 32 * i) for i in range(nc)]
-        p += 32 * nc
-        if any(c[0] >= 1 << 62 or c[1] >= 1 << 62 or c[2] >= 1 << 62 for c in chunks):
-            raise bad("chunk entry out of range")
         (nr,) = struct.unpack_from("<Q", b, p); p += 8
         if nr > (len(b) - p) // 20:
             raise bad(f"n_records {nr} does not fit its body")
         records = []
         uids = {}
+        unpack = struct.Struct("<IIIII").unpack_from
         for i in range(nr):
-            fc, cc, rows, toks, ul = struct.unpack_from("<IIIII", b, p); p += 20
+            fc, cc, rows, toks, ul = unpack(b, p); p += 20
             if ul > F.MAX_STRING:
                 raise bad(f"uid length {ul} exceeds 65535", "limit")
             if p + ul > len(b):
@@ -832,8 +861,10 @@ def _parse_index_frame(fr: bytes, at: int, name: str) -> dict:
         raise bad(f"body is malformed ({e})") from None
     except UnicodeDecodeError:
         raise bad("a uid is not UTF-8") from None
-    return {"chunks": chunks, "records": records, "uids": uids, "total_rows": total_rows,
-            "total_tokens": total_tokens}
+    ix.update(records=records, uids=uids, total_rows=total_rows, total_tokens=total_tokens)
+    for k in ("body", "at", "name", "records_at"):
+        del ix[k]
+    return ix
 
 
 def _index_difference(rebuilt: dict, ix: dict) -> Optional[str]:
@@ -1067,84 +1098,98 @@ class _ChunkData:
         rd, at = self.rd, self.at
         name = rd._src.name
         rb = bytes(self.col(F.RECORDS, None, 1))
+        end = len(rb)
         entries = []
         p = 0
         ntok = nlp = 0
+        u32 = struct.Struct("<I").unpack_from
+        fixed = struct.Struct("<IIIIIB").unpack_from
+        rec_limit = F.MAX_RECORD_DECODED // max(1, rd.row_bytes)
+
+        def bad(ordinal, msg, kind="corrupt"):
+            return FormatError(f"{name}: record {ordinal}: {msg}", at, kind)
+
+        def short(ordinal, what, need, left):
+            return bad(ordinal, f"records column: {what} needs {need} bytes, {left} left")
+
         for ordinal, flags, _ro, n in pc.tolist():
             if not flags & 1:
                 continue
-            last = bool(flags & 2)
-
-            def bad(msg, kind="corrupt"):
-                return FormatError(f"{name}: record {ordinal}: {msg}", at, kind)
-
-            def take(k, what):
-                nonlocal p
-                if k > len(rb) - p:
-                    raise bad(f"records column: {what} needs {k} bytes, {len(rb) - p} left")
-                p += k
-                return rb[p - k:p]
-
-            def text(b, what):
-                try:
-                    return b.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise bad(f"{what} is not UTF-8") from None
-            (ul,) = struct.unpack("<I", take(4, "uid length"))
+            if p + 4 > end:
+                raise short(ordinal, "uid length", 4, end - p)
+            (ul,) = u32(rb, p); p += 4
             if ul > F.MAX_STRING:
-                raise bad(f"records column: uid length {ul} exceeds 65535", "limit")
-            uid = text(take(ul, "uid"), "uid")
+                raise bad(ordinal, f"records column: uid length {ul} exceeds 65535", "limit")
+            if p + ul > end:
+                raise short(ordinal, "uid", ul, end - p)
+            try:
+                uid = rb[p:p + ul].decode("utf-8")
+            except UnicodeDecodeError:
+                raise bad(ordinal, "uid is not UTF-8") from None
+            p += ul
             if not uid:
-                raise bad("uid is empty")
-            (gl,) = struct.unpack("<I", take(4, "group length"))
+                raise bad(ordinal, "uid is empty")
+            if p + 4 > end:
+                raise short(ordinal, "group length", 4, end - p)
+            (gl,) = u32(rb, p); p += 4
             group = None
             if gl != 0xFFFFFFFF:
                 if gl > F.MAX_STRING:
-                    raise bad(f"group length {gl} exceeds 65535", "limit")
-                group = text(take(gl, "group"), "group")
-            nt, pl, st, nr, nl, fl = struct.unpack("<IIIIIB", take(21, "n_tokens"))
-            rw_bits = take(8, "reward")
-            (al,) = struct.unpack("<I", take(4, "attrs length"))
+                    raise bad(ordinal, f"group length {gl} exceeds 65535", "limit")
+                if p + gl > end:
+                    raise short(ordinal, "group", gl, end - p)
+                try:
+                    group = rb[p:p + gl].decode("utf-8")
+                except UnicodeDecodeError:
+                    raise bad(ordinal, "group is not UTF-8") from None
+                p += gl
+            if p + 33 > end:
+                raise short(ordinal, "n_tokens", 33, end - p)
+            nt, pl, st, nr, nl, fl = fixed(rb, p)
+            rw_bits = rb[p + 21:p + 29]
+            (al,) = u32(rb, p + 29)
+            p += 33
             if al > F.MAX_ATTRS:
-                raise bad(f"attributes length {al} exceeds 16 MiB", "limit")
+                raise bad(ordinal, f"attributes length {al} exceeds 16 MiB", "limit")
             attrs = None
             if al:
-                ab = take(al, "attributes")
-                text(ab, "attributes")
+                if p + al > end:
+                    raise short(ordinal, "attributes", al, end - p)
                 try:
-                    attrs = F.json_object(ab, "attributes", at, "corrupt")
+                    attrs = F.json_object(rb[p:p + al], "attributes", at, "corrupt")
                 except FormatError as e:
-                    raise bad(str(e).split(": ", 1)[-1]) from None
+                    raise bad(ordinal, str(e).split(": ", 1)[-1]) from None
+                p += al
             if fl & ~1:
-                raise bad(f"unknown record flag bits {fl}")
-            if not fl & 1 and rw_bits != bytes(8):
-                raise bad("reward bytes are not zero but the has-reward flag is clear")
+                raise bad(ordinal, f"unknown record flag bits {fl}")
+            if not fl & 1 and rw_bits != b"\0\0\0\0\0\0\0\0":
+                raise bad(ordinal, "reward bytes are not zero but the has-reward flag is clear")
             if nt > 0:
                 if st + nr > nt:
-                    raise bad(f"rows cover positions {st}..{st + nr - 1} but n_tokens is {nt}")
+                    raise bad(ordinal, f"rows cover positions {st}..{st + nr - 1} but n_tokens is {nt}")
                 if pl > nt:
-                    raise bad(f"prompt_len {pl} > n_tokens {nt}")
+                    raise bad(ordinal, f"prompt_len {pl} > n_tokens {nt}")
                 if nl > nt:
-                    raise bad(f"n_logprobs {nl} > n_tokens {nt}")
+                    raise bad(ordinal, f"n_logprobs {nl} > n_tokens {nt}")
             if nl and not rd.has_logprobs:
-                raise bad(f"n_logprobs is {nl} but the trace has no logprobs column")
-            if nr > F.MAX_RECORD_DECODED // max(1, rd.row_bytes):
-                raise bad(f"record has {nr} rows of {rd.row_bytes} decoded bytes each, over the 2 GiB limit "
-                          f"(spec §8)", "limit")
-            if last and n != nr:
-                raise bad(f"single piece holds {n} rows, record says {nr}")
-            if not last and n > nr:
-                raise bad(f"piece holds {n} rows, record says {nr}")
+                raise bad(ordinal, f"n_logprobs is {nl} but the trace has no logprobs column")
+            if nr > rec_limit:
+                raise bad(ordinal, f"record has {nr} rows of {rd.row_bytes} decoded bytes each, over the 2 GiB "
+                          f"limit (spec §8)", "limit")
+            if flags & 2 and n != nr:
+                raise bad(ordinal, f"single piece holds {n} rows, record says {nr}")
+            if not flags & 2 and n > nr:
+                raise bad(ordinal, f"piece holds {n} rows, record says {nr}")
             ntok += nt
             nlp += nl
             if ntok > F.MAX_VALUES or nlp > F.MAX_VALUES:
-                raise bad("the tokens or logprobs of the records starting in this chunk exceed 2^28 values (1 GiB)",
-                          "limit")
-            entries.append(dict(uid=uid, group=group, n_tokens=nt, prompt_len=pl, start=st, n_rows=nr,
-                                n_logprobs=nl, reward=struct.unpack("<d", rw_bits)[0] if fl & 1 else None,
-                                attrs=attrs))
-        if p != len(rb):
-            raise FormatError(f"{name}: records column has {len(rb) - p} bytes after the last record", at, "corrupt")
+                raise bad(ordinal, "the tokens or logprobs of the records starting in this chunk exceed 2^28 "
+                          "values (1 GiB)", "limit")
+            entries.append({"uid": uid, "group": group, "n_tokens": nt, "prompt_len": pl, "start": st,
+                            "n_rows": nr, "n_logprobs": nl,
+                            "reward": struct.unpack("<d", rw_bits)[0] if fl & 1 else None, "attrs": attrs})
+        if p != end:
+            raise FormatError(f"{name}: records column has {end - p} bytes after the last record", at, "corrupt")
         return entries, ntok, nlp
 
     def decode(self):

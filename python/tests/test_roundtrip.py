@@ -190,6 +190,21 @@ def test_invalid_adds(tmp_path):
         rtrace.Writer(tmp_path / "y.rtrace", model=dict(num_layers=2, num_experts=4, top_k=5), engine=ENGINE)
 
 
+def test_writer_keeps_the_header_rules(tmp_path):
+    """What readers accept from a later minor version (an unknown role, spec §3.2) a 1.0 writer does not write;
+    a policy_version outside 0..2^53-1 is refused; a reward of -0.0 keeps its sign (its flag says it is there)."""
+    with pytest.raises(ValueError, match="role"):
+        rtrace.Writer(tmp_path / "r.rtrace", model=MODEL, engine=dict(ENGINE, role="critic"))
+    for pv in (-1, 1 << 53):
+        with pytest.raises(ValueError, match="policy_version"):
+            rtrace.Writer(tmp_path / "p.rtrace", model=MODEL, engine=ENGINE, policy_version=pv)
+    with rtrace.Writer(tmp_path / "z.rtrace", model=MODEL, engine=ENGINE) as w:
+        w.add("a", [1, 2], np.zeros((1, 6, 4), dtype=np.int32), reward=-0.0)
+        w.add("b", [1, 2], np.zeros((1, 6, 4), dtype=np.int32))
+    a, b = rtrace.Reader(tmp_path / "z.rtrace")
+    assert a.reward == 0.0 and np.signbit(a.reward) and b.reward is None
+
+
 # damage ------------------------------------------------------------------------------------------
 @pytest.fixture
 def good(tmp_path, sample):
