@@ -178,7 +178,10 @@ public enum TraceChecker {
                     issue(.error, pos + 20 + n, nil, "index is not followed by a valid trailer")
                 } else if let size, pos + 20 + n + 32 != size {
                     issue(.error, pos + 20 + n + 32, nil, "\(size - pos - 20 - n - 32) bytes follow the trailer")
-                } else {
+                } else if size == nil, !(try readAt(pos + 20 + n + 32, 1)).isEmpty {
+                    issue(.error, pos + 20 + n + 32, nil, "bytes follow the trailer")
+                } else if listed != nil {
+                    // A valid index (CRC and body) and trailer: the file is complete (spec/format.md §7).
                     report.complete = true
                 }
                 break
@@ -417,11 +420,12 @@ public enum TraceChecker {
                     throw TraceError(.corrupt, "record \(p.ordinal) pieces hold more rows than its \(partial!.meta.rowCount)", offset: 0)
                 }
                 if p.last {
+                    // Checked before the record is closed, so that a salvage counts it as lost.
+                    guard partial!.rows == partial!.meta.rowCount else {
+                        throw TraceError(.corrupt, "record \(p.ordinal) ends with \(partial!.rows) rows, it declares \(partial!.meta.rowCount)", offset: 0)
+                    }
                     let part = partial!
                     partial = nil
-                    guard part.rows == part.meta.rowCount else {
-                        throw TraceError(.corrupt, "record \(p.ordinal) ends with \(part.rows) rows, it declares \(part.meta.rowCount)", offset: 0)
-                    }
                     emitted += 1
                     rows += part.rows
                     let clean = part.pieces.allSatisfy { $0.idCheck?.clean == true }

@@ -359,6 +359,30 @@ def make():
     cs[3].set_raw(F.TOKENS, tok + bytes(4))
     case("c-tokens-raw-len-wrong", "7", "a raw_len other than the content implies is corrupt; salvage loses the "
          "chunk whole", T.assemble(cs), err("corrupt", T.before(3), span3), salvage=lost3)
+    # A record whose pieces hold fewer rows than its RECORDS entry declares: found at its last piece, in a
+    # later chunk, which is then lost whole with the record (counted as lost, not dropped silently).
+    r4 = T.index["records"][4]
+    first, last = r4[0], r4[0] + r4[1] - 1
+    assert r4[1] >= 2
+    cs = [Chunk(c.frame()) for c in T.chunks]
+    rb = bytearray(cs[first].raw(F.RECORDS))
+    p = 0
+    while True:
+        ul = struct.unpack_from("<I", rb, p)[0]
+        uid = rb[p + 4:p + 4 + ul].decode()
+        q = p + 4 + ul
+        gl = struct.unpack_from("<I", rb, q)[0]
+        q += 4 + (0 if gl == 0xFFFFFFFF else gl)
+        if uid == "r4":
+            break
+        p = q + 33 + struct.unpack_from("<I", rb, q + 29)[0]
+    struct.pack_into("<I", rb, q + 12, struct.unpack_from("<I", rb, q + 12)[0] + 1)     # n_rows + 1
+    cs[first].set_raw(F.RECORDS, bytes(rb))
+    atl = T.offset(base_bytes, last)
+    case("c-record-rows-short", "7", "a record whose pieces end short of its n_rows is corrupt where its last piece "
+         "is; salvage loses that chunk and the record", T.assemble(cs),
+         err("corrupt", T.before(last), [atl, atl + len(T.chunks[last].frame())]),
+         salvage={"records": N - len(set(T.touching(last)) | {4}), "complete": True, "clean": False})
     # 8: bytes after the end of a deflate stream
     cs = [Chunk(c.frame()) for c in T.chunks]
     c = next(c for c in cs[3].cols if c[1] == 1)
