@@ -557,9 +557,14 @@ class Reader:
         searched = bad_chunks = 0
 
         def issue(msg, at, kind="corrupt"):
-            e = FormatError(f"{s.name}: {msg}", at, kind)
-            self.damage.append(e)
-            warnings.warn(str(e))
+            self._report(FormatError(f"{s.name}: {msg}", at, kind))
+
+        def lost_chunk(e):
+            """The chunk at pos is damaged (e): lost whole."""
+            nonlocal bad_chunks
+            self._report(e)
+            bad_chunks += 1
+            asm.damage(pos)
 
         def search(frm):
             nonlocal searched
@@ -586,31 +591,25 @@ class Reader:
                 try:
                     ix = self._read_index_and_trailer(pos)
                 except FormatError as e:
-                    self.damage.append(e)
-                    warnings.warn(str(e))
+                    self._report(e)
                     break
                 why = _index_difference(asm.rebuilt, ix) if bad_chunks == 0 and not searched else None
                 if why:
                     issue(f"index disagrees with the chunks: {why}", pos)
                 self.complete = True
                 break
+            hdr = None
             if magic != F.CHUNK_MAGIC:
                 issue(f"expected a frame (RTCK or RTIX), found {magic.hex(' ')}", pos)
                 asm.damage(pos)
-                nxt = search(pos + 1)
-                if nxt is None:
-                    break
-                pos = nxt
-                continue
-            try:
-                hdr = self._read_chunk_header(pos)
-            except FormatError as e:
-                self.damage.append(e)
-                warnings.warn(str(e))
-                bad_chunks += 1
-                asm.damage(pos)
-                if e.kind == "truncated":
-                    break
+            else:
+                try:
+                    hdr = self._read_chunk_header(pos)
+                except FormatError as e:
+                    lost_chunk(e)
+                    if e.kind == "truncated":
+                        break
+            if hdr is None:           # no sound header here: search forward (spec §8)
                 nxt = search(pos + 1)
                 if nxt is None:
                     break
@@ -620,10 +619,7 @@ class Reader:
                 chunk = self._read_chunk_body(pos, hdr)
                 out = asm.feed(chunk)
             except FormatError as e:
-                self.damage.append(e)
-                warnings.warn(str(e))
-                bad_chunks += 1
-                asm.damage(pos)
+                lost_chunk(e)
                 if e.kind == "truncated" and (size is None or pos + hdr[-1] > size):
                     break
                 pos += hdr[-1]
@@ -632,6 +628,11 @@ class Reader:
             pos += hdr[-1]
         asm.finish_salvage()
         self.lost_records = asm.lost
+
+    def _report(self, e: FormatError):
+        """Salvage: records damage in ``damage`` and says it as a warning."""
+        self.damage.append(e)
+        warnings.warn(str(e))
 
     def _forward_search(self, frm: int, size: int) -> Optional[int]:
         """The next offset from ``frm`` holding a chunk whose header passes steps 1-5 of spec §8, or an index
@@ -870,18 +871,14 @@ def _parse_index_records(ix: dict) -> dict:
 def _index_difference(rebuilt: dict, ix: dict) -> Optional[str]:
     """The first field where the file's index differs from the one its chunks imply (spec §7); None when
     they agree."""
-    a_ch, b_ch = ix["chunks"], rebuilt["chunks"]
-    if len(a_ch) != len(b_ch):
-        return f"the index lists {len(a_ch)} chunks, the file holds {len(b_ch)}"
-    for i, (a, b) in enumerate(zip(a_ch, b_ch)):
-        if tuple(a) != tuple(b):
-            return f"index chunk {i} says {tuple(a)} (offset, length, first record, pieces, rows), the chunk has {tuple(b)}"
-    a_rec, b_rec = ix["records"], rebuilt["records"]
-    if len(a_rec) != len(b_rec):
-        return f"the index lists {len(a_rec)} records, the chunks hold {len(b_rec)}"
-    for i, (a, b) in enumerate(zip(a_rec, b_rec)):
-        if tuple(a) != tuple(b):
-            return f"index record {i} says {tuple(a)} (first chunk, chunks, rows, tokens, uid), the chunks have {tuple(b)}"
+    for table, holder, fields in (("chunks", "the file holds", "offset, length, first record, pieces, rows"),
+                                  ("records", "the chunks hold", "first chunk, chunks, rows, tokens, uid")):
+        a_t, b_t = ix[table], rebuilt[table]
+        if len(a_t) != len(b_t):
+            return f"the index lists {len(a_t)} {table}, {holder} {len(b_t)}"
+        for i, (a, b) in enumerate(zip(a_t, b_t)):
+            if tuple(a) != tuple(b):
+                return f"index {table[:-1]} {i} says {tuple(a)} ({fields}), {holder} {tuple(b)}"
     if (ix["total_rows"], ix["total_tokens"]) != (rebuilt["total_rows"], rebuilt["total_tokens"]):
         return (f"index totals say {ix['total_rows']} rows and {ix['total_tokens']} tokens, the chunks hold "
                 f"{rebuilt['total_rows']} and {rebuilt['total_tokens']}")
@@ -1112,21 +1109,23 @@ class _ChunkData:
         def short(ordinal, what, need, left):
             return bad(ordinal, f"records column: {what} needs {need} bytes, {left} left")
 
+        def string(ordinal, what, p, n):
+            """The n-byte UTF-8 string at p (a uid or group: at most 65535 bytes), and the offset after it."""
+            if n > F.MAX_STRING:
+                raise bad(ordinal, f"records column: {what} length {n} exceeds 65535", "limit")
+            if p + n > end:
+                raise short(ordinal, what, n, end - p)
+            try:
+                return rb[p:p + n].decode("utf-8"), p + n
+            except UnicodeDecodeError:
+                raise bad(ordinal, f"{what} is not UTF-8") from None
+
         for ordinal, flags, _ro, n in pc.tolist():
             if not flags & 1:
                 continue
             if p + 4 > end:
                 raise short(ordinal, "uid length", 4, end - p)
-            (ul,) = u32(rb, p); p += 4
-            if ul > F.MAX_STRING:
-                raise bad(ordinal, f"records column: uid length {ul} exceeds 65535", "limit")
-            if p + ul > end:
-                raise short(ordinal, "uid", ul, end - p)
-            try:
-                uid = rb[p:p + ul].decode("utf-8")
-            except UnicodeDecodeError:
-                raise bad(ordinal, "uid is not UTF-8") from None
-            p += ul
+            uid, p = string(ordinal, "uid", p + 4, u32(rb, p)[0])
             if not uid:
                 raise bad(ordinal, "uid is empty")
             if p + 4 > end:
@@ -1134,15 +1133,7 @@ class _ChunkData:
             (gl,) = u32(rb, p); p += 4
             group = None
             if gl != 0xFFFFFFFF:
-                if gl > F.MAX_STRING:
-                    raise bad(ordinal, f"group length {gl} exceeds 65535", "limit")
-                if p + gl > end:
-                    raise short(ordinal, "group", gl, end - p)
-                try:
-                    group = rb[p:p + gl].decode("utf-8")
-                except UnicodeDecodeError:
-                    raise bad(ordinal, "group is not UTF-8") from None
-                p += gl
+                group, p = string(ordinal, "group", p, gl)
             if p + 33 > end:
                 raise short(ordinal, "n_tokens", 33, end - p)
             nt, pl, st, nr, nl, fl = fixed(rb, p)
@@ -1253,9 +1244,7 @@ class _Assembler:
 
     def _lose(self, msg, at, count=1):
         self.lost += count
-        e = FormatError(f"{self.rd._src.name}: {msg}", at, "corrupt")
-        self.rd.damage.append(e)
-        warnings.warn(str(e))
+        self.rd._report(FormatError(f"{self.rd._src.name}: {msg}", at, "corrupt"))
 
     def damage(self, at):
         """Salvage: damage at ``at``. The record left open is kept until the next intact chunk shows whether it
