@@ -60,32 +60,41 @@ struct ChunkDecoder: Sendable {
         }
         let L = header.model.moeLayers, k = header.model.topK, E = header.model.numExperts
         let R = ch.rowCount
+        // Step 7 of spec/format.md §8: the chunk against the file header.
         try DecodeLimits.check(rows: R, header, limit: DecodeLimits.maxChunkDecodedBytes, "chunk", offset: 12)
         var byID: [UInt16: ColumnEntry] = [:]
+        for e in ch.columns {
+            byID[e.id] = e
+            guard e.transform == 2, let c = ColumnID(rawValue: e.id) else { continue }
+            if c != .idSlots {
+                throw TraceError(.corrupt, "column \(c.name) has transform 2 (nibble-pack), which only \(ColumnID.idSlots.name) (ID_SLOTS) may use", offset: e.offsetInFrame)
+            }
+            if k > NibblePack.maxTopK {
+                throw TraceError(.corrupt, "column \(c.name) is nibble-packed but top_k \(k) > \(NibblePack.maxTopK)", offset: e.offsetInFrame)
+            }
+        }
+        let declared: [(ColumnID, Bool)] = [
+            (.pieces, true), (.records, true), (.tokens, true), (.logprobs, header.columns.logprobs),
+            (.idSlots, true), (.idNew, true), (.weights, header.columns.topkWeights != nil),
+            (.logits, header.columns.routerLogits != nil),
+        ]
+        for (c, wanted) in declared where wanted != (byID[c.rawValue] != nil) {
+            if wanted { throw TraceError(.corrupt, "chunk lacks the required column \(c.name)", offset: 0) }
+            throw TraceError(.corrupt, "chunk has a \(c.name) column, which the header does not declare", offset: byID[c.rawValue]!.offsetInFrame)
+        }
+        // Step 8: every column's CRC, extension columns' included.
         var unknown: [UInt16] = []
         for e in ch.columns {
             let stored = Zlib.crc32(b[e.offsetInFrame..<e.offsetInFrame + e.storedLength])
             guard stored == e.crc else {
                 throw TraceError(.checksum, "column \(columnName(e.id)) CRC mismatch: directory says \(hex32(e.crc)), data gives \(hex32(stored))", offset: e.offsetInFrame)
             }
-            if ColumnID(rawValue: e.id) == nil {
-                guard e.id >= ColumnID.firstExtension else {
-                    throw TraceError(.corrupt, "column id \(e.id) is reserved and unknown to this reader (newer format?)", offset: e.offsetInFrame)
-                }
-                unknown.append(e.id)
-            }
-            byID[e.id] = e
+            if ColumnID(rawValue: e.id) == nil { unknown.append(e.id) }
         }
-        func entry(_ c: ColumnID, required: Bool) throws(TraceError) -> ColumnEntry? {
-            if let e = byID[c.rawValue] { return e }
-            if required { throw TraceError(.corrupt, "chunk lacks the required column \(c.name)", offset: 0) }
-            return nil
-        }
+        /// A column step 7 found present (or nil for an optional one that is absent).
+        func entry(_ c: ColumnID) -> ColumnEntry? { byID[c.rawValue] }
         /// Inflates and un-shuffles a column after checking its raw length against what its content implies.
         func column(_ e: ColumnEntry, expected: Int?, width: Int) throws(TraceError) -> [UInt8] {
-            if e.transform == 2 && e.id != ColumnID.idSlots.rawValue {
-                throw TraceError(.corrupt, "column \(columnName(e.id)) has transform 2 (nibble-pack), which only \(ColumnID.idSlots.name) (ID_SLOTS) may use", offset: e.offsetInFrame)
-            }
             if let expected, e.rawLength != expected {
                 throw TraceError(.corrupt, "column \(columnName(e.id)) raw_len is \(e.rawLength), its content needs \(expected)", offset: e.offsetInFrame)
             }
@@ -105,8 +114,9 @@ struct ChunkDecoder: Sendable {
             return raw
         }
 
+        // Step 9: the columns in increasing id order, each length checked before it is inflated.
         // PIECES
-        let pe = try entry(.pieces, required: true)!
+        let pe = entry(.pieces)!
         let pb = try column(pe, expected: ch.pieceCount * 20, width: 1)
         var pieces: [Piece] = []
         pieces.reserveCapacity(ch.pieceCount)
@@ -121,6 +131,9 @@ struct ChunkDecoder: Sendable {
             if !p.first && i > 0 { throw bad("only the first piece of a chunk may continue a record") }
             if !p.last && i < ch.pieceCount - 1 { throw bad("only the last piece of a chunk may continue into the next") }
             if p.first && p.rowOffset != 0 { throw bad("a record's first piece must start at row 0, not \(p.rowOffset)") }
+            if p.rowCount == 0 && !(p.first && p.last) {
+                throw bad("holds no rows; only the single piece of a record with no rows may (spec §5.2)")
+            }
             if i > 0 && p.ordinal != pieces[i - 1].ordinal &+ 1 {
                 throw bad("ordinal follows \(pieces[i - 1].ordinal); ordinals must increase by 1")
             }
@@ -133,23 +146,22 @@ struct ChunkDecoder: Sendable {
         }
 
         // RECORDS
-        let re = try entry(.records, required: true)!
+        let re = entry(.records)!
         let rb = try column(re, expected: nil, width: 1)
         var rr = ByteReader(rb, base: 0, what: "records column")
         var metas: [RecordMeta?] = []
         var tokenTotal = 0, logprobTotal = 0
         for p in pieces {
             guard p.first else { metas.append(nil); continue }
-            func bad(_ m: String) -> TraceError { TraceError(.corrupt, "record \(p.ordinal): \(m)", offset: re.offsetInFrame) }
-            let uid: String, groupLen: UInt32
-            do throws(TraceError) {
-                uid = try rr.string("uid", limit: 65_535)
-                groupLen = try rr.u32("group length")
-            } catch { throw bad(error.message) }
-            if uid.isEmpty { throw bad("uid is empty") }
-            var group: String? = nil
+            func bad(_ m: String, _ kind: TraceError.Kind = .corrupt) -> TraceError {
+                TraceError(kind, "record \(p.ordinal): \(m)", offset: re.offsetInFrame)
+            }
             var m: RecordMeta
             do throws(TraceError) {
+                let uid = try rr.string("uid", limit: 65_535)
+                if uid.isEmpty { throw TraceError(.corrupt, "uid is empty") }
+                let groupLen = try rr.u32("group length")
+                var group: String? = nil
                 if groupLen != 0xFFFF_FFFF {
                     guard groupLen <= 65_535 else { throw TraceError(.limit, "group length \(groupLen) exceeds 65535") }
                     let g = try rr.take(Int(groupLen), "group")
@@ -159,20 +171,23 @@ struct ChunkDecoder: Sendable {
                 let nt = Int(try rr.u32("n_tokens")), pl = Int(try rr.u32("prompt_len"))
                 let st = Int(try rr.u32("start")), nr = Int(try rr.u32("n_rows")), nl = Int(try rr.u32("n_logprobs"))
                 let flags = try rr.u8("flags")
-                let reward = try rr.f64("reward")
+                let reward = try rr.u64("reward")
                 let al = Int(try rr.u32("attrs length"))
                 guard al <= 16 << 20 else { throw TraceError(.limit, "attributes length \(al) exceeds 16 MiB") }
                 var attrs: String? = nil
                 if al > 0 {
-                    guard let s = String(validating: try rr.take(al, "attributes"), as: UTF8.self) else {
-                        throw TraceError(.corrupt, "attributes are not UTF-8")
-                    }
+                    let ab = try rr.take(al, "attributes")
+                    guard let s = String(validating: ab, as: UTF8.self) else { throw TraceError(.corrupt, "attributes are not UTF-8") }
+                    do { _ = try HeaderJSON.object(ab, what: "attributes") } catch { throw TraceError(.corrupt, error.message) }
                     attrs = s
                 }
                 if flags & ~1 != 0 { throw TraceError(.corrupt, "unknown record flag bits \(flags)") }
+                if flags & 1 == 0 && reward != 0 {
+                    throw TraceError(.corrupt, "reward bytes are not zero but the has-reward flag is clear")
+                }
                 m = RecordMeta(uid: uid, group: group, tokenCount: nt, promptLength: pl, start: st, rowCount: nr,
-                               logprobCount: nl, reward: flags & 1 != 0 ? reward : nil, attributes: attrs)
-            } catch { throw bad(error.message) }
+                               logprobCount: nl, reward: flags & 1 != 0 ? Double(bitPattern: reward) : nil, attributes: attrs)
+            } catch { throw bad(error.message, error.kind == .limit ? .limit : .corrupt) }
             if m.tokenCount > 0 {
                 if m.start + m.rowCount > m.tokenCount {
                     throw bad("rows cover positions \(m.start)…\(m.start + m.rowCount - 1) but n_tokens is \(m.tokenCount)")
@@ -180,14 +195,14 @@ struct ChunkDecoder: Sendable {
                 if m.promptLength > m.tokenCount { throw bad("prompt_len \(m.promptLength) > n_tokens \(m.tokenCount)") }
                 if m.logprobCount > m.tokenCount { throw bad("n_logprobs \(m.logprobCount) > n_tokens \(m.tokenCount)") }
             }
-            try DecodeLimits.check(rows: m.rowCount, header, limit: DecodeLimits.maxRecordDecodedBytes, "record \(p.ordinal)", offset: re.offsetInFrame)
             if !header.columns.logprobs && m.logprobCount != 0 { throw bad("n_logprobs is \(m.logprobCount) but the trace has no logprobs column") }
+            try DecodeLimits.check(rows: m.rowCount, header, limit: DecodeLimits.maxRecordDecodedBytes, "record \(p.ordinal)", offset: re.offsetInFrame)
             if p.last && p.rowCount != m.rowCount { throw bad("single piece holds \(p.rowCount) rows, record says \(m.rowCount)") }
             if !p.last && p.rowCount > m.rowCount { throw bad("piece holds \(p.rowCount) rows, record says \(m.rowCount)") }
             tokenTotal += m.tokenCount
             logprobTotal += m.logprobCount
             if tokenTotal > ChunkHeader.maxColumnBytes / 4 || logprobTotal > ChunkHeader.maxColumnBytes / 4 {
-                throw bad("tokens or logprobs exceed the 1 GiB column limit")
+                throw bad("the tokens or logprobs of the records starting in this chunk exceed 2^28 values (1 GiB)", .limit)
             }
             metas.append(m)
         }
@@ -196,16 +211,16 @@ struct ChunkDecoder: Sendable {
         }
 
         // TOKENS, LOGPROBS
-        let tb = try column(try entry(.tokens, required: true)!, expected: tokenTotal * 4, width: 4)
+        let tb = try column(entry(.tokens)!, expected: tokenTotal * 4, width: 4)
         var lb: [UInt8] = []
-        if let le = try entry(.logprobs, required: header.columns.logprobs) {
+        if let le = entry(.logprobs) {
             lb = try column(le, expected: logprobTotal * 4, width: 4)
         }
 
         // MISSING
         var missing: [UInt8]? = nil
         var present = L * R
-        if let me = try entry(.missing, required: false) {
+        if let me = entry(.missing) {
             let mb = try column(me, expected: (L * R + 7) / 8, width: 1)
             let bits = L * R
             if bits % 8 != 0, mb[mb.count - 1] >> UInt8(bits % 8) != 0 {
@@ -216,12 +231,9 @@ struct ChunkDecoder: Sendable {
         }
 
         // IDS
-        let se = try entry(.idSlots, required: true)!
+        let se = entry(.idSlots)!
         let slots: [UInt8]
         if se.transform == 2 {
-            guard k <= NibblePack.maxTopK else {
-                throw TraceError(.corrupt, "column \(ColumnID.idSlots.name) is nibble-packed but top_k \(k) > \(NibblePack.maxTopK)", offset: se.offsetInFrame)
-            }
             let packed = try column(se, expected: (present * k + 1) / 2, width: 1)
             guard let codes = NibblePack.unpack(packed, count: present * k) else {
                 throw TraceError(.corrupt, "column \(ColumnID.idSlots.name): the unused high nibble of its last byte is not 0", offset: se.offsetInFrame)
@@ -230,7 +242,7 @@ struct ChunkDecoder: Sendable {
         } else {
             slots = try column(se, expected: present * k, width: 1)
         }
-        let ne = try entry(.idNew, required: true)!
+        let ne = entry(.idNew)!
         let width = header.idWidth
         let starts = LayerStarts(missing: missing, layers: L, chunkRows: R, slots: slots, topK: k)
         var fresh = try column(ne, expected: starts.newBefore[L] * width.size, width: width.size)
@@ -253,11 +265,11 @@ struct ChunkDecoder: Sendable {
                                      layers: L, topK: k, chunkRows: R, starts: starts, checkExperts: checkIDs ? E : nil) {
             throw TraceError(.corrupt, err, offset: se.offsetInFrame)
         }
-        if let d = header.columns.topkWeights, let we = try entry(.weights, required: true) {
+        if let d = header.columns.topkWeights, let we = entry(.weights) {
             let wb = try column(we, expected: present * k * d.size, width: d.size)
             Self.scatter(wb, into: &out, per: k * d.size, L: L, missing: missing, chunkRows: R, starts: starts, \.weights)
         }
-        if let d = header.columns.routerLogits, let ge = try entry(.logits, required: true) {
+        if let d = header.columns.routerLogits, let ge = entry(.logits) {
             let gb = try column(ge, expected: present * E * d.size, width: d.size)
             Self.scatter(gb, into: &out, per: E * d.size, L: L, missing: missing, chunkRows: R, starts: starts, \.logits)
         }

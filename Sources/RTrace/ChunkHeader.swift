@@ -31,7 +31,9 @@ public struct ChunkHeader: Sendable, Equatable {
         return fixedSize + 16 * c + 4
     }
 
-    /// Parses a complete chunk header (`headerLength(fixed:)` bytes), checking its CRC and limits.
+    /// Parses a complete chunk header (`headerLength(fixed:)` bytes): steps 1–5 of the order of checks of
+    /// spec/format.md §8 (n_columns, CRC, counts, each directory entry, payload_len). A header that passes is
+    /// sound: its frame length can be trusted.
     static func parse(_ b: [UInt8]) throws(TraceError) -> ChunkHeader {
         let hl = try headerLength(fixed: b[...])
         guard b.count >= hl else { throw TraceError(.truncated, "chunk header needs \(hl) bytes, \(b.count) left") }
@@ -58,6 +60,9 @@ public struct ChunkHeader: Sendable, Equatable {
                 id: id, codec: b[e + 2], transform: b[e + 3], rawLength: Int(loadU32(b, e + 4)),
                 storedLength: Int(loadU32(b, e + 8)), crc: loadU32(b, e + 12), offsetInFrame: off)
             guard seen.insert(id).inserted else { throw TraceError(.corrupt, "column id \(id) appears twice", offset: e) }
+            guard id >= ColumnID.firstExtension || ColumnID(rawValue: id) != nil else {
+                throw TraceError(.corrupt, "column id \(id) is reserved and unknown to this reader (a file of a later version lists it in requires)", offset: e)
+            }
             guard entry.codec <= 1 else { throw TraceError(.corrupt, "column \(columnName(id)) has unknown codec \(entry.codec)", offset: e + 2) }
             guard entry.transform <= 2 else {
                 throw TraceError(.corrupt, "column \(columnName(id)) has unknown transform \(entry.transform)", offset: e + 3)

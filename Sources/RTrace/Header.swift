@@ -95,6 +95,8 @@ public struct TraceHeader: Sendable, Equatable {
     public var attributes: [String: String]
     /// Keys of `columns` this reader does not know (from a later minor version).
     public var unknownColumns: [String] = []
+    /// The `engine.role` as written, when it is not one this reader knows (it is read as `other`).
+    public var unknownRole: String? = nil
     /// The version read from a file (the written one for new headers).
     public var version: (major: UInt16, minor: UInt16) = (TraceHeader.majorVersion, TraceHeader.minorVersion)
 
@@ -150,39 +152,48 @@ public struct TraceHeader: Sendable, Equatable {
         return [UInt8](data)
     }
 
-    /// Parses and validates header JSON.
+    /// Feature names of later minor versions (spec/format.md §10) this reader implements: none, it reads 1.0.
+    public static let supportedFeatures: Set<String> = []
+
+    /// Parses and validates header JSON (spec/format.md §3.2): `format`, then `requires`, then every other rule.
     public static func parse(json bytes: [UInt8]) throws(TraceError) -> TraceHeader {
-        let any: Any
-        do {
-            any = try JSONSerialization.jsonObject(with: Data(bytes))
-        } catch {
-            throw TraceError(.badHeader, "header JSON does not parse: \(error.localizedDescription)")
-        }
-        guard let o = any as? [String: Any] else { throw TraceError(.badHeader, "header JSON is not an object") }
         func bad(_ m: String) -> TraceError { TraceError(.badHeader, m) }
+        let o = try HeaderJSON.object(bytes, what: "header JSON")
         guard o["format"] as? String == "rtrace" else { throw bad("header field format must be \"rtrace\"") }
-        guard let e = o["engine"] as? [String: Any] else { throw bad("header field engine is missing or not an object") }
-        guard let roleS = e["role"] as? String, let role = EngineInfo.Role(rawValue: roleS) else {
-            throw bad("engine.role must be rollout, train or other, found \(String(describing: e["role"] ?? "nothing"))")
+        if let r = o["requires"] {
+            guard let names = r as? [Any], names.allSatisfy({ $0 is String }) else {
+                throw bad("header field requires must be an array of strings, found \(r)")
+            }
+            let missing = names.compactMap { $0 as? String }.filter { !supportedFeatures.contains($0) }
+            if !missing.isEmpty {
+                throw TraceError(.unsupportedVersion, "the file requires \(missing.joined(separator: ", ")), which this reader does not implement; this reader reads format 1.0: a newer reader is needed")
+            }
         }
-        let engine = EngineInfo(name: e["name"] as? String ?? "", version: e["version"] as? String ?? "", role: role)
-        guard let m = o["model"] as? [String: Any] else { throw bad("header field model is missing or not an object") }
+        func string(_ d: [String: Any], _ k: String, _ path: String) throws(TraceError) -> String {
+            guard let v = d[k] else { return "" }
+            guard let s = v as? String else { throw bad("\(path).\(k) must be a string, found \(v)") }
+            return s
+        }
         func int(_ d: [String: Any], _ k: String, _ path: String) throws(TraceError) -> Int {
-            guard let n = d[k] as? NSNumber, n.doubleValue == n.doubleValue.rounded(),
-                abs(n.doubleValue) < 1e15
-            else { throw bad("\(path).\(k) must be an integer, found \(String(describing: d[k] ?? "nothing"))") }
-            return n.intValue
+            guard let v = d[k] else { throw bad("\(path).\(k) is missing") }
+            guard let n = HeaderJSON.integer(v) else { throw bad("\(path).\(k) must be an integer (no fraction or exponent), found \(v)") }
+            return n
         }
+        guard let e = o["engine"] as? [String: Any] else { throw bad("header field engine is missing or not an object") }
+        guard let roleS = e["role"] as? String else {
+            throw bad("engine.role must be a string (rollout, train or other), found \(String(describing: e["role"] ?? "nothing"))")
+        }
+        let engine = EngineInfo(name: try string(e, "name", "engine"), version: try string(e, "version", "engine"),
+                                role: EngineInfo.Role(rawValue: roleS) ?? .other)
+        guard let m = o["model"] as? [String: Any] else { throw bad("header field model is missing or not an object") }
         guard let lm = m["layer_map"] as? [Any] else { throw bad("model.layer_map must be an array of integers") }
         var layerMap: [Int] = []
         for x in lm {
-            guard let n = x as? NSNumber, n.doubleValue == n.doubleValue.rounded(), abs(n.doubleValue) < 1e9 else {
-                throw bad("model.layer_map must hold integers, found \(x)")
-            }
-            layerMap.append(n.intValue)
+            guard let n = HeaderJSON.integer(x) else { throw bad("model.layer_map must hold integers, found \(x)") }
+            layerMap.append(n)
         }
         let model = ModelGeometry(
-            name: m["name"] as? String ?? "", numLayers: try int(m, "num_layers", "model"),
+            name: try string(m, "name", "model"), numLayers: try int(m, "num_layers", "model"),
             numExperts: try int(m, "num_experts", "model"), topK: try int(m, "top_k", "model"), layerMap: layerMap)
         try model.validate()
         guard let c = o["columns"] as? [String: Any] else { throw bad("header field columns is missing or not an object") }
@@ -204,16 +215,62 @@ public struct TraceHeader: Sendable, Equatable {
             columns.logprobs = true
         }
         var policy: Int? = nil
-        if let p = o["policy_version"], !(p is NSNull) { policy = try int(o, "policy_version", "header") }
+        if let p = o["policy_version"], !(p is NSNull) {
+            policy = try int(o, "policy_version", "header")
+            guard (0...maxPolicyVersion).contains(policy!) else {
+                throw bad("policy_version is \(policy!), expected null or 0…\(maxPolicyVersion)")
+            }
+        }
         var attrs: [String: String] = [:]
         if let a = o["attributes"] {
             guard let d = a as? [String: Any] else { throw bad("attributes must be an object") }
-            for (k, v) in d { attrs[k] = v as? String ?? "\(v)" }
+            for (k, v) in d {
+                guard let s = v as? String else { throw bad("attributes.\(k) must be a string, found \(v)") }
+                attrs[k] = s
+            }
         }
         var h = TraceHeader(engine: engine, model: model, columns: columns, policyVersion: policy,
-                            created: o["created"] as? String ?? "", attributes: attrs)
+                            created: try string(o, "created", "header"), attributes: attrs)
+        if EngineInfo.Role(rawValue: roleS) == nil { h.unknownRole = roleS }
         let known: Set<String> = ["topk_ids", "tokens", "topk_weights", "router_logits", "logprobs"]
         h.unknownColumns = c.keys.filter { !known.contains($0) }.sorted()
         return h
+    }
+
+    /// The largest `policy_version` (2^53 − 1: every JSON reader holds it exactly).
+    public static let maxPolicyVersion = (1 << 53) - 1
+
+    /// Checks what a writer is about to store against spec/format.md §3.2.
+    public func validate() throws(TraceError) {
+        try model.validate()
+        if let p = policyVersion, !(0...TraceHeader.maxPolicyVersion).contains(p) {
+            throw TraceError(.badHeader, "policy_version is \(p), expected null or 0…\(TraceHeader.maxPolicyVersion)")
+        }
+    }
+}
+
+/// The JSON rules of spec/format.md §3.2, shared by the header and the records' attributes.
+enum HeaderJSON {
+    /// Parses one JSON object (RFC 8259: finite numbers, paired surrogates).
+    static func object<B: Collection<UInt8>>(_ bytes: B, what: String) throws(TraceError) -> [String: Any] {
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { throw TraceError(.badHeader, "\(what) starts with a byte-order mark; the format forbids one") }
+        let any: Any
+        do {
+            any = try JSONSerialization.jsonObject(with: Data(bytes))
+        } catch {
+            throw TraceError(.badHeader, "\(what) does not parse: \(error.localizedDescription)")
+        }
+        guard let o = any as? [String: Any] else { throw TraceError(.badHeader, "\(what) is not an object") }
+        return o
+    }
+
+    /// A JSON integer as written without a fraction or exponent (`17`, not `17.0`, `1.7e1` or `true`).
+    static func integer(_ v: Any) -> Int? {
+        guard let n = v as? NSNumber, !(n is NSDecimalNumber) else { return nil }
+        switch String(cString: n.objCType) {
+        case "i", "s", "l", "q": return Int(exactly: n.int64Value)
+        case "I", "S", "L", "Q": return Int(exactly: n.uint64Value)
+        default: return nil  // "c": a boolean; "d", "f": a fraction or an exponent
+        }
     }
 }

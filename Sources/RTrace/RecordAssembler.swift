@@ -49,8 +49,13 @@ struct RecordAssembler {
         }
     }
 
-    mutating func finish() throws {
+    /// Throws when a record is still open at the end: `truncated` when the input ended without a trailer,
+    /// `corrupt` when it reached the index (`complete`).
+    mutating func finish(complete: Bool = false) throws {
         if let part = partial {
+            if complete {
+                throw TraceError(.corrupt, "record \(part.ordinal) (\(part.meta.uid)) has no LAST piece before the index", file: file)
+            }
             throw TraceError(.truncated, "record \(part.ordinal) (\(part.meta.uid)) has \(part.rows) of \(part.meta.rowCount) rows: its last piece is missing", file: file)
         }
     }

@@ -51,12 +51,16 @@ public enum TraceChecker {
             return report
         }
         let writer = try salvage.map { try TraceWriter(path: $0, header: header) }
+        for n in TraceReader.headerNotices(header) {
+            report.issues.append(CheckIssue(severity: .warning, offset: nil, record: nil, message: n))
+        }
         let decoder = ChunkDecoder(header: header, checkIDs: true)
         var state = Assembly(header: header)
         let log = IssueLog(limit: maxIssues)
         let issue = log.add
         var pos = start
-        var chunkOffsets: [Int] = []
+        // The index the intact chunks imply, compared field by field with the file's when nothing was damaged.
+        var rebuilt = TraceIndex()
         var allZero = [Bool](repeating: true, count: header.model.moeLayers)
         var anyPresent = [Bool](repeating: false, count: header.model.moeLayers)
         var capture = CaptureCheck(header: header)
@@ -88,6 +92,7 @@ public enum TraceChecker {
                         for i in capture.add(rec, offset: at) { issue(i.severity, i.offset, i.record, i.message) }
                         try writer?.append(rec)
                     }
+                    rebuilt.addChunk(offset: at, d)
                 } catch {
                     guard let e = error as? TraceError, e.kind != .io else { throw error }
                     issue(.error, at + (e.offset ?? 0), nil, "chunk at \(at): \(e.message)")
@@ -101,20 +106,31 @@ public enum TraceChecker {
             if size != nil { return try source.read(at: off, count: n) }
             return try source.read(upTo: n)
         }
-        /// Finds the next offset after `from` where a chunk header checks out (seekable files only).
+        /// The forward search of a salvage (spec/format.md §8): the next offset from `from` holding a chunk whose
+        /// header passes its checks or an index frame whose CRC holds (seekable files only; a pipe stops).
+        var searched = false
         func resync(from: Int) throws -> Int? {
-            guard let size else { return nil }
+            searched = true
+            guard let size else {
+                issue(.error, from, nil, "a pipe cannot be searched: the rest of the input was not examined")
+                return nil
+            }
             var at = from
             let block = 1 << 20
-            while at + 28 <= size {
+            while at + 20 <= size {
                 let buf = try source.read(at: at, count: min(block + 4096, size - at))
                 var i = 0
-                while i + 4 <= min(block, buf.count) {
+                while i < block && i + 4 <= buf.count {
                     if buf[i] == 0x52, buf[i + 1] == 0x54, buf[i + 2] == 0x43, buf[i + 3] == 0x4B {
                         if let hl = try? ChunkHeader.headerLength(fixed: try source.read(at: at + i, count: 24)[...]),
                            (try? ChunkHeader.parse(try source.read(at: at + i, count: hl))) != nil {
                             return at + i
                         }
+                    } else if buf[i] == 0x52, buf[i + 1] == 0x54, buf[i + 2] == 0x49, buf[i + 3] == 0x58,
+                              let n = try? TraceIndex.bodyLength(prefix: try source.read(at: at + i, count: 16)),
+                              at + i + 20 + n <= size {
+                        let f = try source.read(at: at + i, count: 20 + n)
+                        if Zlib.crc32(Array(f[0..<16 + n])) == loadU32(f, 16 + n) { return at + i }
                     }
                     i += 1
                 }
@@ -143,21 +159,29 @@ public enum TraceChecker {
                     break
                 }
                 frame += try readAt(pos + 16, n + 4)
+                var listed: Int? = nil
                 do {
                     let ix = try TraceIndex.decodeFrame(frame)
-                    if ix.chunks.map(\.offset) != chunkOffsets || ix.records.count != state.emitted + log.lostRecords {
-                        issue(.error, pos, nil, "index lists \(ix.chunks.count) chunks and \(ix.records.count) records, the scan found \(chunkOffsets.count) and \(state.emitted + log.lostRecords)")
+                    listed = ix.chunks.count
+                    // The chunks win (spec/format.md §7). After damage the scan holds less than the file, and the
+                    // damage is reported already: the index is compared with a scan that found nothing wrong.
+                    if report.badChunks == 0 && !searched, let why = rebuilt.firstDifference(from: ix) {
+                        issue(.error, pos, nil, "index disagrees with the chunks: \(why)")
                     }
                 } catch {
-                    let e = error as? TraceError ?? TraceError(.corrupt, "\(error)")
-                    issue(.error, pos + (e.offset ?? 0), nil, "index: \(e.message)")
+                    issue(.error, pos + (error.offset ?? 0), nil, "index: \(error.message)")
                 }
                 let t = try readAt(pos + 20 + n, 32)
-                if TraceIndex.parseTrailer(t) == nil {
+                if let tr = TraceIndex.parseTrailer(t), tr.indexOffset != pos || tr.indexLength != 20 + n || (listed.map { $0 != tr.chunkCount } ?? false) {
+                    issue(.error, pos + 20 + n, nil, "trailer names an index at \(tr.indexOffset) of \(tr.indexLength) bytes and \(tr.chunkCount) chunks; the index is at \(pos), \(20 + n) bytes")
+                } else if TraceIndex.parseTrailer(t) == nil {
                     issue(.error, pos + 20 + n, nil, "index is not followed by a valid trailer")
                 } else if let size, pos + 20 + n + 32 != size {
                     issue(.error, pos + 20 + n + 32, nil, "\(size - pos - 20 - n - 32) bytes follow the trailer")
-                } else {
+                } else if size == nil, !(try readAt(pos + 20 + n + 32, 1)).isEmpty {
+                    issue(.error, pos + 20 + n + 32, nil, "bytes follow the trailer")
+                } else if listed != nil {
+                    // A valid index (CRC and body) and trailer: the file is complete (spec/format.md §7).
                     report.complete = true
                 }
                 break
@@ -195,7 +219,6 @@ public enum TraceChecker {
                 break
             }
             report.chunks += 1
-            chunkOffsets.append(pos)
             pending.append((pos, frame))
             if pending.count >= window { try launch() }
             pos += ch.frameLength
@@ -330,16 +353,20 @@ public enum TraceChecker {
             layerOr = [UInt16](repeating: 0, count: header.model.moeLayers)
         }
 
+        /// Damage at `at`: the frames up to the next intact chunk are lost. The record left open is kept
+        /// until the next intact chunk shows whether it continues it exactly (spec/format.md §8).
         mutating func damage(_ log: IssueLog, at: Int) {
-            let issue = log.add
-            if let p = partial {
-                issue(.error, at, p.meta.uid, "record \(p.ordinal) is lost: its remaining pieces are in a damaged or missing chunk")
-                log.lostRecords += 1
-                expected = p.ordinal &+ 1
-                droppedOrdinal = p.ordinal
-                partial = nil
-            }
             resyncing = true
+        }
+
+        /// Counts the open record as lost.
+        mutating func loseOpenRecord(_ log: IssueLog, at: Int?, _ why: String) {
+            guard let p = partial else { return }
+            log.add(.error, at, p.meta.uid, "record \(p.ordinal) is lost: \(why)")
+            log.lostRecords += 1
+            expected = p.ordinal &+ 1
+            droppedOrdinal = p.ordinal
+            partial = nil
         }
 
         mutating func add(
@@ -350,25 +377,28 @@ public enum TraceChecker {
             for piece in d.pieces {
                 let p = piece.piece
                 if resyncing {
-                    if !p.first {
+                    // After damage: go on with the open record if this piece continues it exactly, else count
+                    // what was lost and skip to the next record that starts here.
+                    if !p.first, let part = partial, part.ordinal == p.ordinal, p.rowOffset == part.rows {
+                        resyncing = false
+                    } else {
+                        loseOpenRecord(log, at: off, "its remaining pieces are in a damaged or missing chunk")
                         if p.ordinal > expected {
                             issue(.error, off, nil, "records \(expected)…\(p.ordinal - 1) are lost with the damaged data")
                             log.lostRecords += min(Int(clamping: p.ordinal - expected), 1 << 48)
                         }
-                        if p.ordinal != droppedOrdinal {
-                            issue(.error, off, "\(p.ordinal)", "record \(p.ordinal) is lost: its first piece was in a damaged chunk")
-                            log.lostRecords += 1
-                            droppedOrdinal = p.ordinal
+                        if !p.first {
+                            if p.ordinal != droppedOrdinal {
+                                issue(.error, off, "\(p.ordinal)", "record \(p.ordinal) is lost: its first piece was in a damaged chunk")
+                                log.lostRecords += 1
+                                droppedOrdinal = p.ordinal
+                            }
+                            expected = p.ordinal &+ 1
+                            continue
                         }
-                        expected = p.ordinal &+ 1
-                        continue
+                        expected = p.ordinal
+                        resyncing = false
                     }
-                    if p.ordinal > expected {
-                        issue(.error, off, nil, "records \(expected)…\(p.ordinal - 1) are lost with the damaged data")
-                        log.lostRecords += min(Int(clamping: p.ordinal - expected), 1 << 48)
-                    }
-                    expected = p.ordinal
-                    resyncing = false
                 }
                 if p.first {
                     if let part = partial {
@@ -390,11 +420,12 @@ public enum TraceChecker {
                     throw TraceError(.corrupt, "record \(p.ordinal) pieces hold more rows than its \(partial!.meta.rowCount)", offset: 0)
                 }
                 if p.last {
+                    // Checked before the record is closed, so that a salvage counts it as lost.
+                    guard partial!.rows == partial!.meta.rowCount else {
+                        throw TraceError(.corrupt, "record \(p.ordinal) ends with \(partial!.rows) rows, it declares \(partial!.meta.rowCount)", offset: 0)
+                    }
                     let part = partial!
                     partial = nil
-                    guard part.rows == part.meta.rowCount else {
-                        throw TraceError(.corrupt, "record \(p.ordinal) ends with \(part.rows) rows, it declares \(part.meta.rowCount)", offset: 0)
-                    }
                     emitted += 1
                     rows += part.rows
                     let clean = part.pieces.allSatisfy { $0.idCheck?.clean == true }
@@ -412,12 +443,7 @@ public enum TraceChecker {
         }
 
         mutating func finish(_ log: IssueLog) {
-            let issue = log.add
-            if let p = partial {
-                issue(.error, nil, p.meta.uid, "record \(p.ordinal) is incomplete: the file ends before its last piece")
-                log.lostRecords += 1
-                partial = nil
-            }
+            loseOpenRecord(log, at: nil, "the file ends before its last piece")
         }
     }
 }

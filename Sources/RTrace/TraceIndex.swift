@@ -76,6 +76,8 @@ public struct TraceIndex: Sendable, Equatable {
         guard p.count >= 16, p[0] == 0x52, p[1] == 0x54, p[2] == 0x49, p[3] == 0x58 else {
             throw TraceError(.corrupt, "expected index magic RTIX")
         }
+        let flags = loadU32(p, 4)
+        guard flags == 0 else { throw TraceError(.corrupt, "index flags are \(hex32(flags)), expected 0", offset: 4) }
         let n = loadU64(p, 8)
         guard n <= UInt64(maxBody) else { throw TraceError(.limit, "index body_len \(n) exceeds 1 GiB", offset: 8) }
         return Int(n)
@@ -105,7 +107,8 @@ public struct TraceIndex: Sendable, Equatable {
             let fc = Int(try r.u32("first_chunk")), cc = Int(try r.u32("n_chunks"))
             let rows = Int(try r.u32("n_rows")), toks = Int(try r.u32("n_tokens"))
             let uid = try r.string("uid", limit: 65_535)
-            guard fc < ix.chunks.count || (fc == 0 && ix.chunks.isEmpty), fc + cc <= ix.chunks.count else {
+            guard !uid.isEmpty else { throw TraceError(.corrupt, "index record \(ix.records.count) has an empty uid", offset: 16) }
+            guard cc >= 1, fc < ix.chunks.count, fc + cc <= ix.chunks.count else {
                 throw TraceError(.corrupt, "index record \(uid) names chunks \(fc)…\(fc + cc - 1) of \(ix.chunks.count)", offset: 16)
             }
             ix.records.append(RecordLocation(firstChunk: fc, chunkCount: cc, rowCount: rows, tokenCount: toks, uid: uid))
@@ -117,3 +120,58 @@ public struct TraceIndex: Sendable, Equatable {
         return ix
     }
 }
+
+extension TraceIndex {
+    /// Adds a chunk to an index being built, as a writer writes it or a reader reads it: its location, and
+    /// per piece the record's uid, rows and tokens when the piece is FIRST. Returns false (adding nothing
+    /// for that piece) when a piece continues a record the index does not hold: a chunk stream that does
+    /// not follow spec/format.md §5.2, which the caller reports.
+    @discardableResult
+    mutating func addChunk(
+        offset: Int, frameLength: Int, pieces: [Piece], firstRecords: [(uid: String, rows: Int, tokens: Int)]
+    ) -> Bool {
+        let chunkIndex = chunks.count
+        chunks.append(ChunkLocation(
+            offset: offset, frameLength: frameLength, firstRecord: Int(clamping: pieces.first?.ordinal ?? 0),
+            pieceCount: pieces.count, rowCount: pieces.reduce(0) { $0 + $1.rowCount }))
+        var next = firstRecords.makeIterator()
+        var consistent = true
+        for p in pieces {
+            totalRows += p.rowCount
+            if p.first, let r = next.next() {
+                records.append(RecordLocation(firstChunk: chunkIndex, chunkCount: 1, rowCount: r.rows, tokenCount: r.tokens, uid: r.uid))
+                totalTokens += r.tokens
+            } else if !p.first, p.ordinal < UInt64(records.count) {
+                records[Int(p.ordinal)].chunkCount += 1
+            } else {
+                consistent = false
+            }
+        }
+        return consistent
+    }
+
+    /// Adds a decoded chunk (see ``addChunk(offset:frameLength:pieces:firstRecords:)``).
+    @discardableResult
+    mutating func addChunk(offset: Int, _ d: DecodedChunk) -> Bool {
+        addChunk(offset: offset, frameLength: d.header.frameLength, pieces: d.pieces.map(\.piece),
+                 firstRecords: d.pieces.compactMap { $0.meta.map { ($0.uid, $0.rowCount, $0.tokenCount) } })
+    }
+
+    /// The first field where `other`, read from a file, differs from this index, rebuilt from its chunks
+    /// (spec/format.md §7: the chunks win); nil when they agree.
+    func firstDifference(from other: TraceIndex) -> String? {
+        if other.chunks.count != chunks.count { return "the index lists \(other.chunks.count) chunks, the file holds \(chunks.count)" }
+        for (i, (a, b)) in zip(other.chunks, chunks).enumerated() where a != b {
+            return "index chunk \(i) says offset \(a.offset), \(a.frameLength) bytes, first record \(a.firstRecord), \(a.pieceCount) pieces, \(a.rowCount) rows; the chunk has \(b.offset), \(b.frameLength), \(b.firstRecord), \(b.pieceCount), \(b.rowCount)"
+        }
+        if other.records.count != records.count { return "the index lists \(other.records.count) records, the chunks hold \(records.count)" }
+        for (i, (a, b)) in zip(other.records, records).enumerated() where a != b {
+            return "index record \(i) says uid \(a.uid), chunks \(a.firstChunk)+\(a.chunkCount), \(a.rowCount) rows, \(a.tokenCount) tokens; the chunks have \(b.uid), \(b.firstChunk)+\(b.chunkCount), \(b.rowCount), \(b.tokenCount)"
+        }
+        if other.totalRows != totalRows || other.totalTokens != totalTokens {
+            return "index totals say \(other.totalRows) rows and \(other.totalTokens) tokens, the chunks hold \(totalRows) and \(totalTokens)"
+        }
+        return nil
+    }
+}
+

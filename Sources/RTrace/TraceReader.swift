@@ -51,11 +51,19 @@ public final class TraceReader {
             let (h, start) = try TraceReader.readHeader(source)
             header = h
             dataStart = start
-            if !h.unknownColumns.isEmpty {
-                notices.append("header declares columns this reader does not know, skipped: \(h.unknownColumns.joined(separator: ", "))")
-            }
+            notices += TraceReader.headerNotices(h)
             if source.isSeekable { try loadIndex() }
         } catch { throw error.inFile(source.name) }
+    }
+
+    /// What a reader says about a header it reads but does not fully know (spec/format.md §3.2).
+    static func headerNotices(_ h: TraceHeader) -> [String] {
+        var out: [String] = []
+        if !h.unknownColumns.isEmpty {
+            out.append("header declares columns this reader does not know, skipped: \(h.unknownColumns.joined(separator: ", "))")
+        }
+        if let r = h.unknownRole { out.append("engine.role \"\(r)\" is unknown to this reader, read as other") }
+        return out
     }
 
     static func readHeader(_ s: InputSource) throws(TraceError) -> (TraceHeader, Int) {
@@ -197,7 +205,7 @@ public final class TraceReader {
         try forEachChunk { offset, chunk in
             try assembler.add(chunk, at: offset, body)
         }
-        try assembler.finish()
+        try assembler.finish(complete: streamReachedTrailer)
     }
 
     /// All records (convenience for small traces).
@@ -214,6 +222,9 @@ public final class TraceReader {
         let window = max(1, threads)
         var done = false
         var pipeline = DecodePipeline(decoder: ChunkDecoder(header: header), threads: threads)
+        // The index the chunks imply, compared with the file's when the pass reaches it (spec/format.md §7).
+        var rebuilt = TraceIndex()
+        var fileIndex: (offset: Int, index: TraceIndex)? = nil
         /// Hands a window's chunks to `body` in file order, up to the first that failed to decode.
         func deliver(_ offsets: [Int], _ results: [Result<DecodedChunk, TraceError>]) throws {
             for (at, r) in zip(offsets, results) {
@@ -223,6 +234,7 @@ public final class TraceReader {
                         notices.append("chunk at offset \(at): skipped unknown extension column #\(id)")
                     }
                     try body(at, d)
+                    rebuilt.addChunk(offset: at, d)
                 case .failure(let e):
                     throw e.shifted(by: at).inFile(source.name)
                 }
@@ -238,12 +250,10 @@ public final class TraceReader {
                     switch f {
                     case .chunk(let off, let bytes): batch.append((off, bytes))
                     case .index(let off, let bytes):
-                        do { _ = try TraceIndex.decodeFrame(bytes) } catch { throw error.shifted(by: off).inFile(source.name) }
-                        let t = try source.read(upTo: TraceIndex.trailerSize)
-                        guard TraceIndex.parseTrailer(t) != nil else {
-                            throw TraceError(.truncated, "index is not followed by a valid trailer", file: source.name, offset: source.position - t.count)
-                        }
-                        streamReachedTrailer = true
+                        let ix: TraceIndex
+                        do { ix = try TraceIndex.decodeFrame(bytes) } catch { throw error.shifted(by: off).inFile(source.name) }
+                        try readTrailer(indexAt: off, length: bytes.count, chunks: ix.chunks.count)
+                        fileIndex = (off, ix)
                         done = true
                     }
                     if done { break }
@@ -260,6 +270,36 @@ public final class TraceReader {
             }
         }
         if let (offsets, results) = pipeline.finish() { try deliver(offsets, results) }
+        if let (off, ix) = fileIndex {
+            if let why = rebuilt.firstDifference(from: ix) {
+                throw TraceError(.corrupt, "index disagrees with the chunks: \(why)", file: source.name, offset: off)
+            }
+            streamReachedTrailer = true
+        }
+    }
+
+    /// Reads the trailer after an index frame at `off` of `length` bytes holding `chunks` chunk entries,
+    /// and checks that nothing follows it (spec/format.md §7).
+    private func readTrailer(indexAt off: Int, length: Int, chunks: Int) throws(TraceError) {
+        let at = off + length
+        let t = try source.read(upTo: TraceIndex.trailerSize)
+        guard t.count == TraceIndex.trailerSize else {
+            throw TraceError(.truncated, "index is not followed by a trailer (\(t.count) of 32 bytes)", file: source.name, offset: at + t.count)
+        }
+        guard Array(t[24..<32]) == TraceIndex.endMagic else {
+            throw TraceError(.corrupt, "trailer end magic is \(hexPreview(t[24..<32])), expected RTRCEND\\n", file: source.name, offset: at + 24)
+        }
+        guard let tr = TraceIndex.parseTrailer(t) else {
+            throw TraceError(.checksum, "trailer CRC mismatch", file: source.name, offset: at + 20)
+        }
+        guard tr.indexOffset == off, tr.indexLength == length, tr.chunkCount == chunks else {
+            throw TraceError(.corrupt, "trailer names an index at \(tr.indexOffset) of \(tr.indexLength) bytes and \(tr.chunkCount) chunks; the index is at \(off), \(length) bytes, \(chunks) chunks", file: source.name, offset: at)
+        }
+        let after = try source.read(upTo: 1)
+        if !after.isEmpty {
+            let n = source.size.map { $0 - at - TraceIndex.trailerSize } ?? 1
+            throw TraceError(.corrupt, "\(n)\(source.size == nil ? " or more" : "") bytes follow the trailer", file: source.name, offset: at + TraceIndex.trailerSize)
+        }
     }
 
     /// Decodes frames concurrently; the first error (in file order) is thrown.
@@ -297,10 +337,22 @@ public final class TraceReader {
         }
         var assembler = RecordAssembler(header: header, file: source.name, only: UInt64(ordinal))
         var out: TraceRecord? = nil
-        for (i, d) in try decodeBatch(batch).enumerated() {
+        let decoded: Result<[DecodedChunk], TraceError> = Result { () throws(TraceError) in try decodeBatch(batch) }
+        if case .failure(let e) = decoded, e.kind == .truncated {
+            throw TraceError(.corrupt, "index record \(ordinal) (\(loc.uid)) points at chunks that are not where it says: \(e.message)", file: source.name, offset: e.offset)
+        }
+        for (i, d) in try decoded.get().enumerated() {
+            // The chunks win (spec/format.md §7): what the index says must be what the chunk holds.
+            let c = ix.chunks[loc.firstChunk + i]
+            guard d.header.frameLength == c.frameLength, d.pieces.first.map({ Int(clamping: $0.piece.ordinal) }) == c.firstRecord,
+                  d.pieces.count == c.pieceCount, d.header.rowCount == c.rowCount else {
+                throw TraceError(.corrupt, "index chunk \(loc.firstChunk + i) disagrees with the chunk at offset \(c.offset) (length, first record, pieces or rows)", file: source.name, offset: c.offset)
+            }
             try assembler.add(d, at: batch[i].0) { out = $0 }
         }
-        guard let out else { throw TraceError(.corrupt, "index points record \(ordinal) at chunks that do not hold it", file: source.name) }
+        guard let out, out.uid == loc.uid, out.rowCount == loc.rowCount, out.tokens.count == loc.tokenCount else {
+            throw TraceError(.corrupt, "index record \(ordinal) (\(loc.uid)) disagrees with the chunks it points at\(out.map { ", which hold \($0.uid) with \($0.rowCount) rows and \($0.tokens.count) tokens" } ?? ", which do not hold it")", file: source.name)
+        }
         return out
     }
 

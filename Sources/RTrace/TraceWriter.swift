@@ -48,7 +48,7 @@ public final class TraceWriter {
 
     /// Starts a trace on `sink`, writing the header.
     public init(sink: OutputSink, header: TraceHeader, options: WriterOptions = WriterOptions()) throws(TraceError) {
-        try header.model.validate()
+        try header.validate()
         self.header = header
         self.options = options
         self.sink = sink
@@ -115,20 +115,8 @@ public final class TraceWriter {
         let offset = sink.offset
         try sink.write(frame)
         if options.syncEachChunk { sink.sync() }
-        let chunkIndex = index.chunks.count
-        index.chunks.append(ChunkLocation(
-            offset: offset, frameLength: frame.count, firstRecord: Int(pendingPieces[0].ordinal),
-            pieceCount: pendingPieces.count, rowCount: pendingPieces.reduce(0) { $0 + $1.rowCount }))
-        for (p, r) in zip(pendingPieces, pendingRecords) {
-            index.totalRows += p.rowCount
-            if p.first {
-                index.records.append(RecordLocation(firstChunk: chunkIndex, chunkCount: 1, rowCount: r.rowCount,
-                                                    tokenCount: r.tokens.count, uid: r.uid))
-                index.totalTokens += r.tokens.count
-            } else {
-                index.records[Int(p.ordinal)].chunkCount += 1
-            }
-        }
+        index.addChunk(offset: offset, frameLength: frame.count, pieces: pendingPieces,
+                       firstRecords: zip(pendingPieces, pendingRecords).filter { $0.0.first }.map { ($0.1.uid, $0.1.rowCount, $0.1.tokens.count) })
         pendingPieces.removeAll(keepingCapacity: true)
         pendingRecords.removeAll(keepingCapacity: true)
         pendingBytes = 0

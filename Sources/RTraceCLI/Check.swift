@@ -8,7 +8,10 @@ struct Check: ParsableCommand {
         discussion: """
             Checks every CRC, the index and trailer (truncation), ids below num_experts, no expert twice in a
             (row, layer) (duplicates break all-to-all dispatch), shapes, and MoE layers whose ids are all
-            zero (a capture that never happened). Each problem names its byte offset and record.
+            zero (a capture that never happened), and the index against the chunks. Each problem names
+            its byte offset and record. A damaged chunk is lost whole, with every record that has a piece
+            in it; past damage that hides where the next frame starts, a regular file is searched for the
+            next intact chunk or the index (spec/format.md §8).
             Warnings flag capture bugs that leave plausible-looking data (exit 0 unless --strict):
               - NaN or infinite topk_weights, router_logits or logprobs (the record, the count, the first's
                 row, position and layer);
@@ -16,7 +19,7 @@ struct Check: ParsableCommand {
                 longer than chance allows: over the trace's comparable row pairs (both rows present in every
                 layer, different input tokens where the record has tokens), q_l is the fraction equal in
                 layer l and p = prod(q_l); a run of m repeats is reported when N * p^m < 0.01 (N pairs).
-            --salvage OUT writes every intact record to a new, valid trace.
+            --salvage OUT writes every intact record to a new, valid trace with a new index.
             Example: rtrace check --salvage fixed.rtrace crashed.rtrace
             """)
 

@@ -21,6 +21,14 @@ MAX_COLUMN = 1 << 30
 MAX_STRING = 65535
 MAX_ATTRS = 16 << 20
 MAX_INDEX = 1 << 30
+MAX_DEFLATE_RATIO = 1032          # deflate emits at most 258 bytes per 2 bits (§8)
+MAX_CHUNK_DECODED = 1 << 30       # decoded row data of a chunk (§8)
+MAX_RECORD_DECODED = 1 << 31      # decoded row data of a record (§8)
+MAX_VALUES = 1 << 28              # tokens or logprobs of the records starting in a chunk (§8)
+MAX_POLICY_VERSION = (1 << 53) - 1
+# feature names of later minor versions (§10) this reader implements: none, it reads 1.0
+SUPPORTED_FEATURES: frozenset = frozenset()
+ROLES = ("rollout", "train", "other")
 
 # column ids (§5)
 PIECES = 1
@@ -197,7 +205,72 @@ def inflate(data: bytes, raw_len: int, offset: int, name: str) -> bytes:
         raise FormatError(
             f"column {name}: deflate stream does not give exactly raw_len={raw_len} bytes and end "
             f"(got {len(out)}{'+' if d.unconsumed_tail else ''}, ended={d.eof})", offset)
+    if d.unused_data:
+        raise FormatError(f"column {name}: deflate stream ends {len(d.unused_data)} bytes before the stored length",
+                          offset)
     return out
+
+
+def row_bytes(L: int, k: int, E: int, wsize: int, lsize: int) -> int:
+    """Bytes one routed row takes once decoded, as spec §8 counts them: u16 ids, weights, logits."""
+    return L * (k * (2 + wsize) + E * lsize)
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text):
+    v = float(text)
+    if v in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text} is outside binary64")
+    return v
+
+
+def _lone_surrogate(v) -> bool:
+    """Whether a parsed JSON value holds a string (or key) with an unpaired surrogate."""
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return False
+
+
+_SURROGATE_ESCAPE = None
+_JSON_DECODER = None
+
+
+def json_object(data, what: str, offset, kind: str) -> dict:
+    """Parses one JSON object under the rules of spec §3.2 (UTF-8 without a byte-order mark, finite numbers,
+    no unpaired surrogate; a repeated key keeps its last value); raises FormatError(kind) otherwise."""
+    global _SURROGATE_ESCAPE, _JSON_DECODER
+    if _JSON_DECODER is None:
+        import json
+        import re
+        _JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+        _SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+    data = bytes(data)
+    try:
+        text = data.decode("utf-8")
+        if text.startswith("\ufeff"):
+            raise ValueError("it starts with a byte-order mark; the format forbids one")
+        v = _JSON_DECODER.decode(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise FormatError(f"{what} does not parse: {e}", offset, kind) from None
+    if not isinstance(v, dict):
+        raise FormatError(f"{what} is not an object", offset, kind)
+    if _SURROGATE_ESCAPE.search(data) and _lone_surrogate(v):
+        raise FormatError(f"{what} holds an unpaired surrogate", offset, kind)
+    return v
 
 
 def prev_valid(present: np.ndarray, piece_of_row: np.ndarray):
@@ -217,29 +290,48 @@ def prev_valid(present: np.ndarray, piece_of_row: np.ndarray):
     return valid, li, ri
 
 
-def validate_header(h: dict) -> None:
-    """Checks the rules of spec §3.2; raises FormatError(kind='badHeader')."""
+def validate_header(h: dict) -> list:
+    """Checks the rules of spec §3.2 (``format``, then ``requires``, then the rest); raises
+    FormatError(kind='badHeader', or 'unsupportedVersion' for a feature this reader lacks). Returns the
+    notices a reader gives: columns keys it does not know, an engine.role it reads as "other"."""
     def bad(msg):
         raise FormatError(msg, 16, "badHeader")
 
     def isint(v):
         return isinstance(v, int) and not isinstance(v, bool)
 
+    def string(d, key, path):
+        if key in d and not isinstance(d[key], str):
+            bad(f"{path}.{key} must be a string, found {d[key]!r}")
+
     if not isinstance(h, dict):
         bad("header JSON is not an object")
     if h.get("format") != "rtrace":
         bad('header field format must be "rtrace"')
+    if "requires" in h:
+        req = h["requires"]
+        if not isinstance(req, list) or not all(isinstance(x, str) for x in req):
+            bad(f"header field requires must be an array of strings, found {req!r}")
+        missing = [x for x in req if x not in SUPPORTED_FEATURES]
+        if missing:
+            raise FormatError(f"the file requires {', '.join(missing)}, which this reader does not implement; "
+                              f"this reader reads format 1.0: a newer reader is needed", 16, "unsupportedVersion")
     e = h.get("engine")
     if not isinstance(e, dict):
         bad("header field engine is missing or not an object")
-    if e.get("role") not in ("rollout", "train", "other"):
-        bad(f"engine.role must be rollout, train or other, found {e.get('role')!r}")
+    if not isinstance(e.get("role"), str):
+        bad(f"engine.role must be a string (rollout, train or other), found {e.get('role')!r}")
+    string(e, "name", "engine")
+    string(e, "version", "engine")
     m = h.get("model")
     if not isinstance(m, dict):
         bad("header field model is missing or not an object")
+    string(m, "name", "model")
     for k in ("num_layers", "num_experts", "top_k"):
-        if not isint(m.get(k)):
-            bad(f"model.{k} must be an integer, found {m.get(k)!r}")
+        if k not in m:
+            bad(f"model.{k} is missing")
+        if not isint(m[k]):
+            bad(f"model.{k} must be an integer (no fraction or exponent), found {m[k]!r}")
     nl, ne, tk = m["num_layers"], m["num_experts"], m["top_k"]
     if not 1 <= nl <= 65535:
         bad(f"model.num_layers is {nl}, expected 1..65535")
@@ -269,11 +361,25 @@ def validate_header(h: dict) -> None:
     if "logprobs" in c and c["logprobs"] != "f32":
         bad(f'columns.logprobs must be "f32", found {c["logprobs"]!r}')
     pv = h.get("policy_version")
-    if pv is not None and not isint(pv):
-        bad(f"policy_version must be an integer or null, found {pv!r}")
+    if pv is not None:
+        if not isint(pv):
+            bad(f"header.policy_version must be an integer (no fraction or exponent) or null, found {pv!r}")
+        if not 0 <= pv <= MAX_POLICY_VERSION:
+            bad(f"policy_version is {pv}, expected null or 0..{MAX_POLICY_VERSION}")
+    string(h, "created", "header")
     a = h.get("attributes", {})
     if not isinstance(a, dict):
         bad("attributes must be an object")
+    for k, v in a.items():
+        if not isinstance(v, str):
+            bad(f"attributes.{k} must be a string, found {v!r}")
+    notices = []
+    unknown = sorted(set(c) - {"topk_ids", "tokens", "topk_weights", "router_logits", "logprobs"})
+    if unknown:
+        notices.append(f"header declares columns this reader does not know, skipped: {', '.join(unknown)}")
+    if e["role"] not in ROLES:
+        notices.append(f'engine.role "{e["role"]}" is unknown to this reader, read as other')
+    return notices
 
 
 def float_to_bf16_bits(a: np.ndarray) -> np.ndarray:

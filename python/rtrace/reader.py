@@ -254,16 +254,25 @@ def _describe(b: bytes) -> str:
 class Reader:
     """Reads a trace: iterate for records in order; ``get(uid)`` uses the index.
 
-    ``allow_incomplete=True`` reads a file without index/trailer (a writer still running or
-    killed) without raising at its end; ``reader.complete`` tells what was found.
+    Three modes (spec §8). By default a reader is strict: the first damage raises FormatError, after the
+    records of the chunks before it. ``allow_incomplete=True`` also reads a file without index/trailer (a
+    writer still running or killed) up to where its data ends, without raising there; any other damage
+    still raises. ``salvage=True`` yields every record whose chunks are intact, skipping damaged chunks
+    (the forward search of spec §8 on a regular file) and never raising for damage in the data:
+    ``reader.damage`` then lists what was wrong, ``reader.lost_records`` counts the records lost, as
+    ``rtrace check --salvage`` does. ``reader.complete`` tells whether a valid index and trailer were found.
     ``threads=False`` decodes on the calling thread only (by default, on a regular file, the next
     chunk is decoded on a worker thread and a chunk's columns are inflated concurrently)."""
 
-    def __init__(self, path_or_file, allow_incomplete: bool = False, threads: bool = True):
+    def __init__(self, path_or_file, allow_incomplete: bool = False, threads: bool = True, salvage: bool = False):
         self._src = _Source(path_or_file)
         self.threads = bool(threads)
         self.allow_incomplete = allow_incomplete
+        self.salvage = bool(salvage)
         self.complete: Optional[bool] = None
+        self.incomplete_reason: Optional[str] = None
+        self.damage: list = []          # FormatErrors a salvaging read found
+        self.lost_records = 0           # records a salvaging read could not recover
         self._index = None
         self._warned_ext = set()
         self._buffers = _Buffers()
@@ -276,13 +285,19 @@ class Reader:
     def _read_header(self):
         s = self._src
         first = s.read(16)
-        if len(first) < 16 or (len(first) >= 8 and first[:8] != F.MAGIC):
-            if len(first) >= 8 and first[:8] != F.MAGIC:
-                raise FormatError(f"{s.name}: not an rtrace file: starts like {_describe(first)}", 0, "notATrace")
-            raise FormatError(f"{s.name}: {len(first)} bytes, a trace has at least 20", 0, "truncated")
+        if len(first) < 8 or first[:8] != F.MAGIC:
+            if not first:
+                raise FormatError(f"{s.name}: empty input: expected an rtrace header (20 bytes or more)", 0,
+                                  "truncated")
+            if len(first) < 8 and F.MAGIC.startswith(first):
+                raise FormatError(f"{s.name}: input ends after {len(first)} bytes, inside the 8-byte magic",
+                                  len(first), "truncated")
+            raise FormatError(f"{s.name}: not an rtrace file: starts like {_describe(first)}", 0, "notATrace")
+        if len(first) < 16:
+            raise FormatError(f"{s.name}: header ends after {len(first)} bytes, needs 16", len(first), "truncated")
         major, minor, n = struct.unpack_from("<HHI", first, 8)
         if major != F.MAJOR:
-            raise FormatError(f"{s.name}: format version {major}.{minor}, this reader supports {F.MAJOR}.x",
+            raise FormatError(f"{s.name}: format version {major}.{minor}, this reader reads version {F.MAJOR}.x",
                               8, "unsupportedVersion")
         if not 2 <= n <= F.MAX_HEADER_JSON:
             raise FormatError(f"{s.name}: header json_len {n} outside 2..{F.MAX_HEADER_JSON}", 12, "limit")
@@ -292,11 +307,12 @@ class Reader:
         if crc != got:
             raise FormatError(f"{s.name}: header CRC mismatch (stored {crc:08x}, computed {got:08x})", 16 + n,
                               "checksum")
-        try:
-            h = json.loads(js.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise FormatError(f"{s.name}: header JSON does not parse: {e}", 16, "badHeader") from None
-        F.validate_header(h)
+        h = F.json_object(js, f"{s.name}: header JSON", 16, "badHeader")
+        self.notices = F.validate_header(h)
+        for msg in self.notices:
+            warnings.warn(f"{s.name}: {msg}")
+        if h["engine"]["role"] not in F.ROLES:
+            h["engine"]["role"] = "other"     # spec §3.2: an unknown role reads as "other"
         self.version = (major, minor)
         self.header = h
         m, c = h["model"], h["columns"]
@@ -305,12 +321,17 @@ class Reader:
         self.wdt = F.FLOAT_DTYPES.get(c.get("topk_weights"))
         self.ldt = F.FLOAT_DTYPES.get(c.get("router_logits"))
         self.has_logprobs = "logprobs" in c
+        self.row_bytes = F.row_bytes(self.L, self.k, self.E, self.wdt.itemsize if self.wdt is not None else 0,
+                                     self.ldt.itemsize if self.ldt is not None else 0)
         self.data_start = 20 + n
 
     # index -----------------------------------------------------------------------------------
     def _try_index(self) -> bool:
+        """Whether the file is complete with a usable index (spec §7); the index is parsed and checked to
+        tile the data. Otherwise ``incomplete_reason`` says why and the file is read by scan."""
         s = self._src
         size = s.size - s.base
+        self.incomplete_reason = "no trailer: truncated or still being written"
         if size < self.data_start + 32:
             return False
         s.seek(size - 32)
@@ -319,43 +340,36 @@ class Reader:
             return False
         io_, il, nch = struct.unpack_from("<QQI", t, 0)
         if io_ + il + 32 != size or il < 20 or io_ < self.data_start or il - 20 > F.MAX_INDEX:
+            self.incomplete_reason = f"trailer points outside the file (index at {io_}, {il} bytes)"
             return False
         s.seek(io_)
         fr = s.read(il)
-        if fr[:4] != F.INDEX_MAGIC or struct.unpack_from("<I", fr, il - 4)[0] != F.crc32(fr[:il - 4]):
+        try:
+            ix = _parse_index_frame(fr, io_, s.name, records=False)
+            expect = self.data_start
+            for off, flen, _fr, _p, _r in ix["chunks"]:
+                if off != expect or flen < 28:
+                    raise FormatError(f"index lists a chunk at {off}, frames run to {expect}", io_)
+                expect += flen
+            if expect != io_ or len(ix["chunks"]) != nch:
+                raise FormatError(f"index chunks end at {expect}, the index starts at {io_}", io_)
+        except FormatError as e:
+            self.incomplete_reason = f"index unusable ({e}); reading by scan"
             return False
-        body_len = struct.unpack_from("<Q", fr, 8)[0]
-        if body_len != il - 20:
-            return False
-        self._index = (io_, fr[16:16 + body_len], nch)
+        self.incomplete_reason = None
+        self._index = ix
         return True
 
     def _parse_index(self):
-        if isinstance(self._index, dict) or self._index is None:
-            return self._index
-        io_, b, nch = self._index
-        try:
-            p = 0
-            (nc,) = struct.unpack_from("<Q", b, p); p += 8
-            if nc != nch or nc * 32 > len(b):
-                raise FormatError("index n_chunks disagrees with the trailer", io_)
-            chunks = [struct.unpack_from("<QQQII", b, p + 32 * i) for i in range(nc)]
-            p += 32 * nc
-            (nr,) = struct.unpack_from("<Q", b, p); p += 8
-            if nr * 20 > len(b):
-                raise FormatError(f"index n_records {nr} too large", io_, "limit")
-            records = []
-            uids = {}
-            for i in range(nr):
-                fc, cc, rows, toks, ul = struct.unpack_from("<IIIII", b, p); p += 20
-                uid = b[p:p + ul].decode("utf-8"); p += ul
-                records.append((fc, cc, rows, toks, uid))
-                uids.setdefault(uid, i)
-            total_rows, total_tokens = struct.unpack_from("<QQ", b, p)
-        except (struct.error, UnicodeDecodeError) as e:
-            raise FormatError(f"{self._src.name}: index body is malformed ({e})", io_) from None
-        self._index = {"chunks": chunks, "records": records, "uids": uids,
-                       "total_rows": total_rows, "total_tokens": total_tokens}
+        """The index, its record table parsed on first use; an index whose table does not parse is unusable
+        (spec §7): the file is then read by scan, as an incomplete one."""
+        if self._index is not None and "records" not in self._index:
+            try:
+                _parse_index_records(self._index)
+            except FormatError as e:
+                self._index = None
+                self.complete = False
+                self.incomplete_reason = f"index unusable ({e}); reading by scan"
         return self._index
 
     @property
@@ -376,7 +390,8 @@ class Reader:
         return [r[4] for r in ix["records"]]
 
     def get(self, uid: str) -> Record:
-        """Looks a record up through the index (complete, seekable files); scans otherwise."""
+        """Looks a record up through the index (complete, seekable files); scans otherwise. What the index
+        says is checked against the chunks it points at (spec §7: the chunks win)."""
         ix = self._parse_index()
         if ix is None:
             for r in self:
@@ -385,22 +400,34 @@ class Reader:
             raise KeyError(uid)
         if uid not in ix["uids"]:
             raise KeyError(uid)
+        name = self._src.name
         ordinal = ix["uids"][uid]
-        fc, cc = ix["records"][ordinal][:2]
+        fc, cc, rows, toks, _uid = ix["records"][ordinal]
         asm = _Assembler(self)
         out = None
         for ci in range(fc, fc + cc):
-            if ci >= len(ix["chunks"]):
-                raise FormatError(f"index names chunk {ci} of {len(ix['chunks'])}", None)
-            off = ix["chunks"][ci][0]
+            off, flen, first, P, R = ix["chunks"][ci]
             self._src.seek(off)
-            magic = self._src.exact(4, "a chunk magic")
+            magic = self._src.read(4)
             if magic != F.CHUNK_MAGIC:
-                raise FormatError(f"{self._src.name}: index points at {magic!r}, not a chunk", off, "corrupt")
-            for rec in asm.feed(self._read_chunk(off), only=ordinal, seq_check=False):
+                raise FormatError(f"{name}: index chunk {ci} points at {magic!r}, not a chunk", off, "corrupt")
+            try:
+                chunk = self._read_chunk(off)
+            except FormatError as e:
+                if e.kind != "truncated":
+                    raise
+                raise FormatError(f"{name}: index chunk {ci} points at a chunk that is not there: {e}", off,
+                                  "corrupt") from None
+            decoded = chunk.decode()
+            pc = decoded[0]
+            if chunk.frame_len != flen or int(pc["record"][0]) != first or chunk.P != P or chunk.R != R:
+                raise FormatError(f"{name}: index chunk {ci} disagrees with the chunk at offset {off} (length, "
+                                  f"first record, pieces or rows)", off, "corrupt")
+            for rec in asm.feed(chunk, only=ordinal, seq_check=False, decoded=decoded):
                 out = rec
-        if out is None or out.uid != uid:
-            raise FormatError(f"{self._src.name}: index entry of {uid!r} does not lead to that record", None)
+        if out is None or out.uid != uid or out.n_rows != rows or len(out.tokens) != toks:
+            raise FormatError(f"{name}: index record {ordinal} ({uid!r}) disagrees with the chunks it points at",
+                              None, "corrupt")
         return out
 
     # scanning --------------------------------------------------------------------------------
@@ -410,6 +437,9 @@ class Reader:
             s.seek(self.data_start)
         elif s.offset != self.data_start:
             raise ValueError("a non-seekable trace can be iterated once")
+        if self.salvage:
+            yield from self._salvage()
+            return
         asm = _Assembler(self)
         # On a regular file, chunk i+1 is decoded on a worker thread (numpy and zlib release the GIL)
         # while the records of chunk i are assembled and consumed. On a pipe every chunk is decoded
@@ -433,7 +463,7 @@ class Reader:
                     msg = (f"{s.name}: record {asm.pending.ordinal} ({asm.pending.uid!r}) is cut: "
                            f"its last piece is missing (no trailer: truncated or still being written)")
                 else:
-                    msg = f"{s.name}: no trailer: truncated or still being written"
+                    msg = f"{s.name}: input ends after {at} bytes without index and trailer: truncated or still being written"
                 if self.allow_incomplete:
                     warnings.warn(msg)
                     return
@@ -460,14 +490,24 @@ class Reader:
                 else:
                     yield from asm.feed(chunk)
             elif magic == F.INDEX_MAGIC:
-                self._read_index_and_trailer(at)
+                try:
+                    ix = self._read_index_and_trailer(at)
+                except FormatError as e:
+                    if e.kind == "truncated" and self.allow_incomplete:
+                        self.complete = False
+                        warnings.warn(str(e))
+                        return
+                    raise
+                why = _index_difference(asm.rebuilt, ix)
+                if why:
+                    raise FormatError(f"{s.name}: index disagrees with the chunks: {why}", at, "corrupt")
                 if asm.pending is not None:
                     raise FormatError(f"{s.name}: record {asm.pending.ordinal} has no LAST piece before the index",
                                       at, "corrupt")
                 self.complete = True
                 return
             else:
-                raise FormatError(f"{s.name}: unknown frame magic {magic!r}", at, "corrupt")
+                raise FormatError(f"{s.name}: expected a frame (RTCK or RTIX), found {magic.hex(' ')}", at, "corrupt")
 
     def _end_incomplete(self, at, what):
         self.complete = False
@@ -478,100 +518,371 @@ class Reader:
         raise FormatError(msg, at, "truncated")
 
     def _read_index_and_trailer(self, at):
+        """Reads the index frame whose magic (at ``at``) was just consumed and the trailer after it; returns
+        the parsed index. Anything after the trailer is an error (spec §7)."""
         s = self._src
         h = s.exact(12, "the index frame header")
-        _flags, body_len = struct.unpack("<IQ", h)
-        if body_len > F.MAX_INDEX:
-            raise FormatError(f"index body_len {body_len} exceeds 1 GiB", at, "limit")
+        body_len = _index_body_len(b"RTIX" + h, at)
         left = s.left()
         if left is not None and body_len + 4 > left:
             raise FormatError(f"{s.name}: index frame runs past the end of the file", at, "truncated")
-        body = s.exact(body_len, "the index body")
-        crc = struct.unpack("<I", s.exact(4, "the index CRC"))[0]
-        got = F.crc32(b"RTIX" + h + body)
-        if crc != got:
-            raise FormatError(f"{s.name}: index CRC mismatch (stored {crc:08x}, computed {got:08x})", at, "checksum")
-        t = s.exact(32, "the trailer")
-        if t[24:] != F.END_MAGIC or struct.unpack_from("<I", t, 20)[0] != F.crc32(t[:20]):
-            raise FormatError(f"{s.name}: trailer is damaged", at + 20 + body_len, "checksum")
-        io_, il, _nch = struct.unpack_from("<QQI", t, 0)
-        if io_ != at or il != 20 + body_len:
-            raise FormatError(f"{s.name}: trailer names index at {io_} (+{il}), found at {at} (+{20 + body_len})",
-                              at + 20 + body_len, "corrupt")
+        fr = b"RTIX" + h + s.exact(body_len + 4, "the index")
+        ix = _parse_index_frame(fr, at, s.name)
+        t_at = at + len(fr)
+        t = s.read(32)
+        if len(t) < 32:
+            raise FormatError(f"{s.name}: index is not followed by a trailer", t_at + len(t), "truncated")
+        if t[24:] != F.END_MAGIC:
+            raise FormatError(f"{s.name}: trailer end magic is {t[24:]!r}, expected {F.END_MAGIC!r}", t_at + 24,
+                              "corrupt")
+        if struct.unpack_from("<I", t, 20)[0] != F.crc32(t[:20]):
+            raise FormatError(f"{s.name}: trailer CRC mismatch", t_at + 20, "checksum")
+        io_, il, nch = struct.unpack_from("<QQI", t, 0)
+        if io_ != at or il != len(fr) or nch != len(ix["chunks"]):
+            raise FormatError(f"{s.name}: trailer names an index at {io_} of {il} bytes and {nch} chunks; the index "
+                              f"is at {at}, {len(fr)} bytes, {len(ix['chunks'])} chunks", t_at, "corrupt")
         if s.read(1):
-            raise FormatError(f"{s.name}: data after the trailer", s.offset - 1, "corrupt")
+            extra = "1 or more" if s.left() is None else str(s.left() + 1)
+            raise FormatError(f"{s.name}: {extra} bytes follow the trailer", t_at + 32, "corrupt")
+        return ix
 
+    # salvage ---------------------------------------------------------------------------------
+    def _salvage(self):
+        """Salvage mode (spec §8): yields every record whose pieces are all in chunks that pass every check;
+        records what was wrong in ``damage`` and counts ``lost_records``."""
+        s = self._src
+        size = None if s.size is None else s.size - s.base
+        asm = _Assembler(self, salvage=True)
+        pos = self.data_start
+        searched = bad_chunks = 0
+
+        def issue(msg, at, kind="corrupt"):
+            self._report(FormatError(f"{s.name}: {msg}", at, kind))
+
+        def lost_chunk(e):
+            """The chunk at pos is damaged (e): lost whole."""
+            nonlocal bad_chunks
+            self._report(e)
+            bad_chunks += 1
+            asm.damage(pos)
+
+        def search(frm):
+            nonlocal searched
+            searched += 1
+            if size is None:
+                issue("a pipe cannot be searched: the rest of the input was not examined", frm)
+                return None
+            return self._forward_search(frm, size)
+
+        self.complete = False
+        while True:
+            if size is not None:
+                if pos >= size:
+                    issue(f"file ends after {pos} bytes without index and trailer: truncated or still being written",
+                          pos, "truncated")
+                    break
+                s.seek(pos)
+            magic = s.read(4)
+            if not magic:
+                issue(f"input ends after {pos} bytes without index and trailer: truncated or still being written",
+                      pos, "truncated")
+                break
+            if magic == F.INDEX_MAGIC:
+                try:
+                    ix = self._read_index_and_trailer(pos)
+                except FormatError as e:
+                    self._report(e)
+                    break
+                why = _index_difference(asm.rebuilt, ix) if bad_chunks == 0 and not searched else None
+                if why:
+                    issue(f"index disagrees with the chunks: {why}", pos)
+                self.complete = True
+                break
+            hdr = None
+            if magic != F.CHUNK_MAGIC:
+                issue(f"expected a frame (RTCK or RTIX), found {magic.hex(' ')}", pos)
+                asm.damage(pos)
+            else:
+                try:
+                    hdr = self._read_chunk_header(pos)
+                except FormatError as e:
+                    lost_chunk(e)
+                    if e.kind == "truncated":
+                        break
+            if hdr is None:           # no sound header here: search forward (spec §8)
+                nxt = search(pos + 1)
+                if nxt is None:
+                    break
+                pos = nxt
+                continue
+            try:
+                chunk = self._read_chunk_body(pos, hdr)
+                out = asm.feed(chunk)
+            except FormatError as e:
+                lost_chunk(e)
+                if e.kind == "truncated" and (size is None or pos + hdr[-1] > size):
+                    break
+                pos += hdr[-1]
+                continue
+            yield from out
+            pos += hdr[-1]
+        asm.finish_salvage()
+        self.lost_records = asm.lost
+
+    def _report(self, e: FormatError):
+        """Salvage: records damage in ``damage`` and says it as a warning."""
+        self.damage.append(e)
+        warnings.warn(str(e))
+
+    def _forward_search(self, frm: int, size: int) -> Optional[int]:
+        """The next offset from ``frm`` holding a chunk whose header passes steps 1-5 of spec §8, or an index
+        frame whose header checks and CRC hold; None when there is none."""
+        s = self._src
+        block = 1 << 20
+        at = frm
+        while at + 20 <= size:
+            s.seek(at)
+            buf = s.read(min(block + 3, size - at))
+            i = 0
+            while True:
+                hits = [j for j in (buf.find(F.CHUNK_MAGIC, i, block + 3), buf.find(F.INDEX_MAGIC, i, block + 3))
+                        if j >= 0]
+                if not hits:
+                    break
+                j = min(hits)
+                if self._frame_starts_at(at + j, size):
+                    return at + j
+                i = j + 1
+            at += block
+        return None
+
+    def _frame_starts_at(self, at: int, size: int) -> bool:
+        s = self._src
+        s.seek(at)
+        magic = s.read(4)
+        try:
+            if magic == F.CHUNK_MAGIC:
+                self._read_chunk_header(at)
+                return True
+            h = s.read(12)
+            if len(h) < 12:
+                return False
+            n = _index_body_len(b"RTIX" + h, at)
+            if at + 20 + n > size:
+                return False
+            rest = s.read(n + 4)
+            return struct.unpack_from("<I", rest, n)[0] == F.crc32(b"RTIX" + h + rest[:n])
+        except (FormatError, struct.error):
+            return False
+
+    # chunks ----------------------------------------------------------------------------------
     def _read_chunk(self, at):
-        """Reads the chunk frame whose magic (at offset ``at``) was just consumed; returns decoded columns."""
+        """Reads the chunk frame whose magic (at offset ``at``) was just consumed, through step 8 of the order
+        of checks of spec §8; the columns are decoded (step 9) by _ChunkData.decode."""
+        return self._read_chunk_body(at, self._read_chunk_header(at))
+
+    def _read_chunk_header(self, at):
+        """Steps 1-5 of spec §8 on the chunk header whose magic was just consumed: n_columns, the header CRC,
+        n_pieces and n_rows, each directory entry, payload_len. Returns (C, P, R, payload_len, entries, frame
+        length)."""
         s = self._src
         name = s.name
         h = s.exact(20, "a chunk header")
         C, P, R, payload_len = struct.unpack("<IIIQ", h)
         if not 1 <= C <= F.MAX_COLUMNS:
             raise FormatError(f"{name}: chunk n_columns {C} outside 1..64", at + 4, "limit")
-        if not 1 <= P <= F.MAX_PIECES:
-            raise FormatError(f"{name}: chunk n_pieces {P} outside 1..{F.MAX_PIECES}", at + 8, "limit")
-        if R > F.MAX_ROWS:
-            raise FormatError(f"{name}: chunk n_rows {R} exceeds {F.MAX_ROWS}", at + 12, "limit")
         d = s.exact(16 * C, "a chunk directory")
         crc = struct.unpack("<I", s.exact(4, "a chunk header CRC"))[0]
         got = F.crc32(b"RTCK" + h + d)
         if crc != got:
             raise FormatError(f"{name}: chunk header CRC mismatch (stored {crc:08x}, computed {got:08x})",
-                              at, "checksum")
+                              at + 24 + 16 * C, "checksum")
+        if not 1 <= P <= F.MAX_PIECES:
+            raise FormatError(f"{name}: chunk n_pieces {P} outside 1..{F.MAX_PIECES}", at + 8, "limit")
+        if R > F.MAX_ROWS:
+            raise FormatError(f"{name}: chunk n_rows {R} exceeds {F.MAX_ROWS}", at + 12, "limit")
         entries = [struct.unpack_from("<HBBIII", d, 16 * i) for i in range(C)]
         total = 0
         seen = set()
-        for cid, codec, tr, raw_len, stored_len, _c in entries:
-            cname = F.COLUMN_NAMES.get(cid, f"column {cid}")
+        for i, (cid, codec, tr, raw_len, stored_len, _c) in enumerate(entries):
+            e_at = at + 24 + 16 * i
+            cname = F.COLUMN_NAMES.get(cid, f"#{cid}")
             if cid in seen:
-                raise FormatError(f"{name}: column {cname} appears twice in the chunk", at, "corrupt")
+                raise FormatError(f"{name}: column id {cid} appears twice in the chunk", e_at, "corrupt")
             seen.add(cid)
             if cid < 32 and cid not in F.COLUMN_NAMES:
-                raise FormatError(f"{name}: reserved column id {cid} unknown to this reader", at, "corrupt")
-            if codec not in (0, 1) or tr not in (0, 1, 2):
-                raise FormatError(f"{name}: column {cname} codec {codec} / transform {tr} unknown", at, "corrupt")
+                raise FormatError(f"{name}: column id {cid} is reserved and unknown to this reader", e_at, "corrupt")
+            if codec not in (0, 1):
+                raise FormatError(f"{name}: column {cname} has unknown codec {codec}", e_at + 2, "corrupt")
+            if tr not in (0, 1, 2):
+                raise FormatError(f"{name}: column {cname} has unknown transform {tr}", e_at + 3, "corrupt")
             if raw_len > F.MAX_COLUMN or stored_len > F.MAX_COLUMN:
                 raise FormatError(f"{name}: column {cname} raw_len {raw_len} / stored_len {stored_len} exceed 1 GiB",
-                                  at, "limit")
+                                  e_at + 4, "limit")
+            if codec == 1 and raw_len > F.MAX_DEFLATE_RATIO * stored_len:
+                raise FormatError(f"{name}: column {cname} declares {raw_len} raw bytes from {stored_len} deflated "
+                                  f"bytes; deflate cannot expand more than 1032x", e_at + 4, "limit")
             if codec == 0 and stored_len != raw_len:
                 raise FormatError(f"{name}: raw column {cname} has stored_len {stored_len} != raw_len {raw_len}",
-                                  at, "corrupt")
-            if tr == 2 and (cid != F.ID_SLOTS or self.k > F.NIBBLE_MAX_TOP_K):
-                raise FormatError(f"{name}: column {cname} has transform 2 (nibble-pack), which only ID_SLOTS may use, "
-                                  f"with top_k <= {F.NIBBLE_MAX_TOP_K}", at, "corrupt")
+                                  e_at + 4, "corrupt")
             total += stored_len
         if total != payload_len:
             raise FormatError(f"{name}: chunk payload_len {payload_len} != sum of stored_len {total}", at + 16,
                               "corrupt")
+        return C, P, R, payload_len, entries, 28 + 16 * C + payload_len
+
+    def _read_chunk_body(self, at, hdr):
+        """Steps 6-8 of spec §8 after a sound chunk header: the frame within the data, the chunk against the
+        file header, every column's CRC."""
+        s = self._src
+        name = s.name
+        C, P, R, payload_len, entries, frame_len = hdr
         left = s.left()
         if left is not None and payload_len > left:
             raise FormatError(f"{name}: chunk payload ({payload_len} bytes) runs past the end of the file "
                               f"({left} left)", at, "truncated")
-        for req in (F.PIECES, F.RECORDS, F.TOKENS, F.ID_SLOTS, F.ID_NEW):
-            if req not in seen:
-                raise FormatError(f"{name}: chunk lacks required column {F.COLUMN_NAMES[req]}", at, "corrupt")
-        for cid, opt in ((F.LOGPROBS, self.has_logprobs), (F.WEIGHTS, self.wdt is not None),
-                         (F.LOGITS, self.ldt is not None)):
-            if opt != (cid in seen):
-                raise FormatError(f"{name}: column {F.COLUMN_NAMES[cid]} is {'missing' if opt else 'present'} "
-                                  f"but the header says {'present' if opt else 'absent'}", at, "corrupt")
-        payload = memoryview(s.exact(payload_len, "a chunk payload"))   # columns are slices of it, not copies
+        payload = s.exact(payload_len, "a chunk payload")
+        if R > F.MAX_CHUNK_DECODED // max(1, self.row_bytes):
+            raise FormatError(f"{name}: chunk has {R} rows of {self.row_bytes} decoded bytes each, over the 1 GiB "
+                              f"limit (spec §8)", at + 12, "limit")
+        offs = []
+        p = at + 28 + 16 * C
+        for cid, codec, tr, raw_len, stored_len, _c in entries:
+            offs.append(p)
+            p += stored_len
+            if tr == 2 and cid in F.COLUMN_NAMES and (cid != F.ID_SLOTS or self.k > F.NIBBLE_MAX_TOP_K):
+                raise FormatError(f"{name}: column {F.COLUMN_NAMES[cid]} has transform 2 (nibble-pack), which only "
+                                  f"ID_SLOTS may use, with top_k <= {F.NIBBLE_MAX_TOP_K}", offs[-1], "corrupt")
+        seen = {e[0] for e in entries}
+        for cid, wanted in ((F.PIECES, True), (F.RECORDS, True), (F.TOKENS, True), (F.LOGPROBS, self.has_logprobs),
+                            (F.ID_SLOTS, True), (F.ID_NEW, True), (F.WEIGHTS, self.wdt is not None),
+                            (F.LOGITS, self.ldt is not None)):
+            if wanted != (cid in seen):
+                if wanted:
+                    raise FormatError(f"{name}: chunk lacks the required column {F.COLUMN_NAMES[cid]}", at, "corrupt")
+                raise FormatError(f"{name}: chunk has a {F.COLUMN_NAMES[cid]} column, which the header does not "
+                                  f"declare", at, "corrupt")
+        payload = memoryview(payload)   # columns are slices of it, not copies
         stored = {}
         p = 0
-        for cid, codec, tr, raw_len, stored_len, ccrc in entries:
+        for (cid, codec, tr, raw_len, stored_len, ccrc), off in zip(entries, offs):
             b = payload[p:p + stored_len]
             p += stored_len
             if F.crc32(b) != ccrc:
-                raise FormatError(f"{name}: CRC mismatch in column {F.COLUMN_NAMES.get(cid, cid)} of the chunk",
-                                  at, "checksum")
+                raise FormatError(f"{name}: column {F.COLUMN_NAMES.get(cid, f'#{cid}')} CRC mismatch", off,
+                                  "checksum")
             if cid >= 32:
                 if cid not in self._warned_ext:
                     self._warned_ext.add(cid)
-                    warnings.warn(f"{name}: chunk at {at}: skipping unknown extension column {cid}")
+                    warnings.warn(f"{name}: chunk at offset {at}: skipped unknown extension column #{cid}")
                 continue
             stored[cid] = (codec, tr, raw_len, b)
-        return _ChunkData(self, at, P, R, stored)
+        return _ChunkData(self, at, P, R, stored, frame_len)
+
+
+def _index_body_len(head: bytes, at: int) -> int:
+    """The body length of an index frame from its first 16 bytes (magic, flags 0, body_len <= 1 GiB)."""
+    if head[:4] != F.INDEX_MAGIC:
+        raise FormatError("expected index magic RTIX", at, "corrupt")
+    flags, body_len = struct.unpack_from("<IQ", head, 4)
+    if flags:
+        raise FormatError(f"index flags are {flags:#010x}, expected 0", at + 4, "corrupt")
+    if body_len > F.MAX_INDEX:
+        raise FormatError(f"index body_len {body_len} exceeds 1 GiB", at + 8, "limit")
+    return body_len
+
+
+def _parse_index_frame(fr: bytes, at: int, name: str, records: bool = True) -> dict:
+    """Parses and checks a whole index frame (spec §7): header, CRC, then the body exactly. With
+    ``records=False`` the record table is only located (its entries are parsed by _parse_index_records,
+    when the index is first used: a few microseconds per record)."""
+    n = _index_body_len(fr[:16], at)
+    if len(fr) != 20 + n:
+        raise FormatError(f"{name}: index frame needs {20 + n} bytes, has {len(fr)}", at, "truncated")
+    stored, got = struct.unpack_from("<I", fr, 16 + n)[0], F.crc32(fr[:16 + n])
+    if stored != got:
+        raise FormatError(f"{name}: index CRC mismatch (stored {stored:08x}, computed {got:08x})", at + 16 + n,
+                          "checksum")
+    b = fr[16:16 + n]
+    if len(b) < 8:
+        raise _index_bad(name, at, "body is malformed (no n_chunks)")
+    (nc,) = struct.unpack_from("<Q", b, 0)
+    if nc > (len(b) - 8) // 32:
+        raise _index_bad(name, at, f"n_chunks {nc} does not fit its body")
+    table = np.frombuffer(b, dtype=np.dtype([("offset", "<u8"), ("frame_len", "<u8"), ("first", "<u8"),
+                                             ("P", "<u4"), ("R", "<u4")]), count=nc, offset=8)
+    if nc and (max(int(table["offset"].max()), int(table["frame_len"].max()), int(table["first"].max())) >= 1 << 62):
+        raise _index_bad(name, at, "chunk entry out of range")
+    ix = {"chunks": [tuple(c) for c in table.tolist()], "body": b, "at": at, "name": name,
+          "records_at": 8 + 32 * nc}
+    if records:
+        _parse_index_records(ix)
+    return ix
+
+
+def _index_bad(name, at, msg, kind="corrupt"):
+    return FormatError(f"{name}: index: {msg}", at + 16, kind)
+
+
+def _parse_index_records(ix: dict) -> dict:
+    """Parses the record table and totals of an index from _parse_index_frame (in place), exactly."""
+    if "records" in ix:
+        return ix
+    b, at, name, nc = ix["body"], ix["at"], ix["name"], len(ix["chunks"])
+    p = ix["records_at"]
+
+    def bad(msg, kind="corrupt"):
+        return _index_bad(name, at, msg, kind)
+    try:
+        (nr,) = struct.unpack_from("<Q", b, p); p += 8
+        if nr > (len(b) - p) // 20:
+            raise bad(f"n_records {nr} does not fit its body")
+        records = []
+        uids = {}
+        unpack = struct.Struct("<IIIII").unpack_from
+        for i in range(nr):
+            fc, cc, rows, toks, ul = unpack(b, p); p += 20
+            if ul > F.MAX_STRING:
+                raise bad(f"uid length {ul} exceeds 65535", "limit")
+            if p + ul > len(b):
+                raise bad(f"uid needs {ul} bytes, {len(b) - p} left")
+            uid = b[p:p + ul].decode("utf-8"); p += ul
+            if not uid:
+                raise bad(f"record {i} has an empty uid")
+            if cc < 1 or fc >= nc or fc + cc > nc:
+                raise bad(f"record {uid} names chunks {fc}..{fc + cc - 1} of {nc}")
+            records.append((fc, cc, rows, toks, uid))
+            uids.setdefault(uid, i)
+        total_rows, total_tokens = struct.unpack_from("<QQ", b, p); p += 16
+        if total_rows >= 1 << 62 or total_tokens >= 1 << 62:
+            raise bad("totals out of range")
+        if p != len(b):
+            raise bad(f"body has {len(b) - p} bytes after its tables")
+    except struct.error as e:
+        raise bad(f"body is malformed ({e})") from None
+    except UnicodeDecodeError:
+        raise bad("a uid is not UTF-8") from None
+    ix.update(records=records, uids=uids, total_rows=total_rows, total_tokens=total_tokens)
+    for k in ("body", "at", "name", "records_at"):
+        del ix[k]
+    return ix
+
+
+def _index_difference(rebuilt: dict, ix: dict) -> Optional[str]:
+    """The first field where the file's index differs from the one its chunks imply (spec §7); None when
+    they agree."""
+    for table, holder, fields in (("chunks", "the file holds", "offset, length, first record, pieces, rows"),
+                                  ("records", "the chunks hold", "first chunk, chunks, rows, tokens, uid")):
+        a_t, b_t = ix[table], rebuilt[table]
+        if len(a_t) != len(b_t):
+            return f"the index lists {len(a_t)} {table}, {holder} {len(b_t)}"
+        for i, (a, b) in enumerate(zip(a_t, b_t)):
+            if tuple(a) != tuple(b):
+                return f"index {table[:-1]} {i} says {tuple(a)} ({fields}), {holder} {tuple(b)}"
+    if (ix["total_rows"], ix["total_tokens"]) != (rebuilt["total_rows"], rebuilt["total_tokens"]):
+        return (f"index totals say {ix['total_rows']} rows and {ix['total_tokens']} tokens, the chunks hold "
+                f"{rebuilt['total_rows']} and {rebuilt['total_tokens']}")
+    return None
 
 
 class _Buffers:
@@ -603,8 +914,9 @@ class _Buffers:
 
 
 class _ChunkData:
-    def __init__(self, rd: Reader, at: int, P: int, R: int, stored: dict):
+    def __init__(self, rd: Reader, at: int, P: int, R: int, stored: dict, frame_len: int):
         self.rd, self.at, self.P, self.R, self.stored = rd, at, P, R, stored
+        self.frame_len = frame_len
         self.futures = None
         self.taken = []    # arrays from rd._buffers that the decoded chunk lives in
 
@@ -740,56 +1052,150 @@ class _ChunkData:
         a[li, ri] = v.reshape(Q, n)
         return a.transpose(1, 0, 2)
 
-    def decode(self):
-        """Returns (pieces, records_entries, per-chunk arrays)."""
-        rd, at = self.rd, self.at
-        name = rd._src.name
-        L, k, E = rd.L, rd.k, rd.E
-        P, R = self.P, self.R
+    def _pieces(self):
+        """PIECES, checked piece by piece (spec §5.2, step 9 of §8)."""
+        name, at, P, R = self.rd._src.name, self.at, self.P, self.R
         pc = np.frombuffer(self.col(F.PIECES, P * 20, 1), dtype=np.dtype(
             [("record", "<u8"), ("flags", "<u4"), ("row_offset", "<u4"), ("n_rows", "<u4")]))
-        if int(pc["n_rows"].sum(dtype=np.int64)) != R:
-            raise FormatError(f"{name}: pieces hold {int(pc['n_rows'].sum())} rows, chunk says {R}", at, "corrupt")
-        if (pc["flags"] & ~np.uint32(3)).any():
-            raise FormatError(f"{name}: piece flags have unknown bits", at, "corrupt")
-        nfirst = int((pc["flags"] & 1).sum())
+        fl, n_rows = pc["flags"], pc["n_rows"]
+        first, last = (fl & 1) != 0, (fl & 2) != 0
+        idx = np.arange(P)
+        ok = (not (fl & ~np.uint32(3)).any() and (first | (idx == 0)).all() and (last | (idx == P - 1)).all()
+              and not (first & (pc["row_offset"] != 0)).any() and not ((n_rows == 0) & ~(first & last)).any()
+              and (np.diff(pc["record"]) == 1).all() and int(n_rows.sum(dtype=np.int64)) == R)
+        if ok:
+            return pc
+        rows = 0   # something is wrong: find the first broken rule, piece by piece, as the spec orders them
+        for i, (ordinal, flags, ro, n) in enumerate(pc.tolist()):
+            first, last = bool(flags & 1), bool(flags & 2)
+
+            def bad(msg):
+                return FormatError(f"{name}: piece {i} (record {ordinal}): {msg}", at, "corrupt")
+            if flags & ~3:
+                raise bad(f"unknown flag bits {flags:#010x}")
+            if not first and i > 0:
+                raise bad("only the first piece of a chunk may continue a record")
+            if not last and i < P - 1:
+                raise bad("only the last piece of a chunk may continue into the next")
+            if first and ro != 0:
+                raise bad(f"a record's first piece must start at row 0, not {ro}")
+            if n == 0 and not (first and last):
+                raise bad("holds no rows; only the single piece of a record with no rows may (spec §5.2)")
+            if i > 0 and ordinal != (int(pc["record"][i - 1]) + 1) % (1 << 64):
+                raise bad(f"ordinal follows {int(pc['record'][i - 1])}; ordinals must increase by 1")
+            rows += n
+            if rows > R:
+                raise bad(f"pieces hold more rows than the chunk's n_rows {R}")
+        if rows != R:
+            raise FormatError(f"{name}: pieces hold {rows} rows, chunk header says {R}", at, "corrupt")
+        return pc
+
+    def _records(self, pc):
+        """RECORDS, entry by entry and field by field (spec §5.3, step 9 of §8)."""
+        rd, at = self.rd, self.at
+        name = rd._src.name
         rb = bytes(self.col(F.RECORDS, None, 1))
+        end = len(rb)
         entries = []
         p = 0
-        try:
-            for _ in range(nfirst):
-                (ul,) = struct.unpack_from("<I", rb, p); p += 4
-                if not 1 <= ul <= F.MAX_STRING:
-                    raise FormatError(f"{name}: uid_len {ul} outside 1..65535", at, "limit")
-                uid = rb[p:p + ul].decode("utf-8"); p += ul
-                (gl,) = struct.unpack_from("<I", rb, p); p += 4
-                if gl == 0xFFFFFFFF:
-                    group = None
-                else:
-                    if gl > F.MAX_STRING:
-                        raise FormatError(f"{name}: group_len {gl} exceeds 65535", at, "limit")
-                    group = rb[p:p + gl].decode("utf-8"); p += gl
-                nt, pl, st, nr, nl, fl, rw, al = struct.unpack_from("<IIIIIBdI", rb, p); p += 33
-                if al > F.MAX_ATTRS:
-                    raise FormatError(f"{name}: attrs_len {al} exceeds 16 MiB", at, "limit")
-                attrs = None
-                if al:
-                    if p + al > len(rb):
-                        raise struct.error("attributes run past the column")
-                    attrs = json.loads(rb[p:p + al].decode("utf-8")); p += al
-                if nt > 0 and (pl > nt or st + nr > nt or nl > nt):
-                    raise FormatError(f"{name}: record {uid!r} breaks prompt_len/start+n_rows/n_logprobs <= "
-                                      f"n_tokens ({pl}, {st}+{nr}, {nl}, {nt})", at, "corrupt")
-                if nl and not rd.has_logprobs:
-                    raise FormatError(f"{name}: record {uid!r} has logprobs but the column is absent", at, "corrupt")
-                entries.append(dict(uid=uid, group=group, n_tokens=nt, prompt_len=pl, start=st, n_rows=nr,
-                                    n_logprobs=nl, reward=rw if fl & 1 else None, attrs=attrs))
-        except (struct.error, UnicodeDecodeError, ValueError) as e:
-            if isinstance(e, FormatError):
-                raise
-            raise FormatError(f"{name}: RECORDS column is malformed ({e})", at, "corrupt") from None
-        if p != len(rb):
-            raise FormatError(f"{name}: RECORDS column has {len(rb) - p} trailing bytes", at, "corrupt")
+        ntok = nlp = 0
+        u32 = struct.Struct("<I").unpack_from
+        fixed = struct.Struct("<IIIIIB").unpack_from
+        rec_limit = F.MAX_RECORD_DECODED // max(1, rd.row_bytes)
+
+        def bad(ordinal, msg, kind="corrupt"):
+            return FormatError(f"{name}: record {ordinal}: {msg}", at, kind)
+
+        def short(ordinal, what, need, left):
+            return bad(ordinal, f"records column: {what} needs {need} bytes, {left} left")
+
+        def string(ordinal, what, p, n):
+            """The n-byte UTF-8 string at p (a uid or group: at most 65535 bytes), and the offset after it."""
+            if n > F.MAX_STRING:
+                raise bad(ordinal, f"records column: {what} length {n} exceeds 65535", "limit")
+            if p + n > end:
+                raise short(ordinal, what, n, end - p)
+            try:
+                return rb[p:p + n].decode("utf-8"), p + n
+            except UnicodeDecodeError:
+                raise bad(ordinal, f"{what} is not UTF-8") from None
+
+        for ordinal, flags, _ro, n in pc.tolist():
+            if not flags & 1:
+                continue
+            if p + 4 > end:
+                raise short(ordinal, "uid length", 4, end - p)
+            uid, p = string(ordinal, "uid", p + 4, u32(rb, p)[0])
+            if not uid:
+                raise bad(ordinal, "uid is empty")
+            if p + 4 > end:
+                raise short(ordinal, "group length", 4, end - p)
+            (gl,) = u32(rb, p); p += 4
+            group = None
+            if gl != 0xFFFFFFFF:
+                group, p = string(ordinal, "group", p, gl)
+            if p + 33 > end:
+                raise short(ordinal, "n_tokens", 33, end - p)
+            nt, pl, st, nr, nl, fl = fixed(rb, p)
+            rw_bits = rb[p + 21:p + 29]
+            (al,) = u32(rb, p + 29)
+            p += 33
+            if al > F.MAX_ATTRS:
+                raise bad(ordinal, f"attributes length {al} exceeds 16 MiB", "limit")
+            attrs = None
+            if al:
+                if p + al > end:
+                    raise short(ordinal, "attributes", al, end - p)
+                try:
+                    attrs = F.json_object(rb[p:p + al], "attributes", at, "corrupt")
+                except FormatError as e:
+                    raise bad(ordinal, str(e).split(": ", 1)[-1]) from None
+                p += al
+            if fl & ~1:
+                raise bad(ordinal, f"unknown record flag bits {fl}")
+            if not fl & 1 and rw_bits != b"\0\0\0\0\0\0\0\0":
+                raise bad(ordinal, "reward bytes are not zero but the has-reward flag is clear")
+            if nt > 0:
+                if st + nr > nt:
+                    raise bad(ordinal, f"rows cover positions {st}..{st + nr - 1} but n_tokens is {nt}")
+                if pl > nt:
+                    raise bad(ordinal, f"prompt_len {pl} > n_tokens {nt}")
+                if nl > nt:
+                    raise bad(ordinal, f"n_logprobs {nl} > n_tokens {nt}")
+            if nl and not rd.has_logprobs:
+                raise bad(ordinal, f"n_logprobs is {nl} but the trace has no logprobs column")
+            if nr > rec_limit:
+                raise bad(ordinal, f"record has {nr} rows of {rd.row_bytes} decoded bytes each, over the 2 GiB "
+                          f"limit (spec §8)", "limit")
+            if flags & 2 and n != nr:
+                raise bad(ordinal, f"single piece holds {n} rows, record says {nr}")
+            if not flags & 2 and n > nr:
+                raise bad(ordinal, f"piece holds {n} rows, record says {nr}")
+            ntok += nt
+            nlp += nl
+            if ntok > F.MAX_VALUES or nlp > F.MAX_VALUES:
+                raise bad(ordinal, "the tokens or logprobs of the records starting in this chunk exceed 2^28 "
+                          "values (1 GiB)", "limit")
+            entries.append({"uid": uid, "group": group, "n_tokens": nt, "prompt_len": pl, "start": st,
+                            "n_rows": nr, "n_logprobs": nl,
+                            "reward": struct.unpack("<d", rw_bits)[0] if fl & 1 else None, "attrs": attrs})
+        if p != end:
+            raise FormatError(f"{name}: records column has {end - p} bytes after the last record", at, "corrupt")
+        return entries, ntok, nlp
+
+    def decode(self):
+        """Step 9 of spec §8: the columns in increasing id order, each length checked before it is inflated.
+        Returns (pieces, records_entries, per-chunk arrays)."""
+        rd, at = self.rd, self.at
+        name = rd._src.name
+        L, R = rd.L, self.R
+        pc = self._pieces()
+        entries, ntok, nlp = self._records(pc)
+        self.prefetch()
+        tokens = np.frombuffer(self.col(F.TOKENS, 4 * ntok, 4), dtype="<i4")
+        logprobs = None
+        if rd.has_logprobs:
+            logprobs = np.frombuffer(self.col(F.LOGPROBS, 4 * nlp, 4), dtype="<f4")
         nbits = L * R
         if F.MISSING in self.stored:
             mb = np.frombuffer(self.col(F.MISSING, (nbits + 7) // 8, 1), dtype=np.uint8)
@@ -804,12 +1210,6 @@ class _ChunkData:
         else:
             present = None   # every (layer, row) present: no scatter needed
             Q = L * R
-        self.prefetch()
-        ntok = sum(e["n_tokens"] for e in entries)
-        tokens = np.frombuffer(self.col(F.TOKENS, 4 * ntok, 4), dtype="<i4")
-        logprobs = None
-        if rd.has_logprobs:
-            logprobs = np.frombuffer(self.col(F.LOGPROBS, 4 * sum(e["n_logprobs"] for e in entries), 4), dtype="<f4")
         decode_rows = self._rows_native if _native is not None else self._rows_numpy
         ids, weights, logits = decode_rows(np.ascontiguousarray(pc["n_rows"], dtype=np.int64), present, Q)
         return pc, entries, tokens, logprobs, ids, weights, logits
@@ -826,13 +1226,55 @@ def _pool():
 
 
 class _Assembler:
-    """Joins pieces across chunks into records, checking the ordering rules of §5.2."""
+    """Joins pieces across chunks into records, checking what spans chunks (spec §5.2; the rules within a
+    chunk are checked when it is decoded), and rebuilds the index the chunks imply (spec §7). With
+    ``salvage``, a damaged chunk (``damage()``) loses the records that touch it and reading goes on from
+    the next record that starts in an intact chunk, as ``rtrace check --salvage`` does."""
 
-    def __init__(self, rd: Reader):
+    def __init__(self, rd: Reader, salvage: bool = False):
         self.rd = rd
         self.pending: Optional[Record] = None
         self.filled = 0
         self.next_ordinal = 0
+        self.rebuilt = {"chunks": [], "records": [], "total_rows": 0, "total_tokens": 0}
+        self.salvage = salvage
+        self.resyncing = False
+        self.dropped: Optional[int] = None   # a record counted as lost whose later pieces may still come
+        self.lost = 0
+
+    def _lose(self, msg, at, count=1):
+        self.lost += count
+        self.rd._report(FormatError(f"{self.rd._src.name}: {msg}", at, "corrupt"))
+
+    def damage(self, at):
+        """Salvage: damage at ``at``. The record left open is kept until the next intact chunk shows whether it
+        continues it exactly (spec §8)."""
+        self.resyncing = True
+
+    def _lose_open(self, why, at):
+        if self.pending is not None:
+            o = self.pending.ordinal
+            self._lose(f"record {o} is lost: {why}", at)
+            self.next_ordinal = o + 1
+            self.dropped = o
+            self.pending = None
+
+    def finish_salvage(self):
+        self._lose_open("the file ends before its last piece", None)
+
+    def _index_chunk(self, chunk, pc, entries):
+        rb = self.rebuilt
+        ci = len(rb["chunks"])
+        rb["chunks"].append((chunk.at, chunk.frame_len, int(pc["record"][0]), len(pc), chunk.R))
+        ei = 0
+        for ordinal, flags, _ro, n in pc.tolist():
+            rb["total_rows"] += n
+            if flags & 1:
+                e = entries[ei]; ei += 1
+                rb["records"].append([ci, 1, e["n_rows"], e["n_tokens"], e["uid"]])
+                rb["total_tokens"] += e["n_tokens"]
+            elif ordinal < len(rb["records"]):
+                rb["records"][ordinal][1] += 1
 
     def feed(self, chunk: _ChunkData, only: Optional[int] = None, seq_check: bool = True, decoded=None):
         rd = self.rd
@@ -853,20 +1295,34 @@ class _Assembler:
                 lps = None
                 if logprobs is not None:
                     lps = logprobs[lp:lp + e["n_logprobs"]]; lp += e["n_logprobs"]
+            if self.resyncing:
+                # salvage, after damage: go on with the open record if this piece continues it exactly, else
+                # count what was lost and skip to the next record that starts here
+                p = self.pending
+                if not first and p is not None and p.ordinal == ordinal and ro == self.filled:
+                    self.resyncing = False
+                else:
+                    self._lose_open("its remaining pieces are in a damaged or missing chunk", at)
+                    if ordinal > self.next_ordinal:
+                        self._lose(f"records {self.next_ordinal}..{ordinal - 1} are lost with the damaged data", at,
+                                   ordinal - self.next_ordinal)
+                    if not first:
+                        if ordinal != self.dropped:
+                            self._lose(f"record {ordinal} is lost: its first piece was in a damaged chunk", at)
+                            self.dropped = ordinal
+                        self.next_ordinal = ordinal + 1
+                        continue
+                    self.next_ordinal = ordinal
+                    self.resyncing = False
+            if first:
                 if self.pending is not None:
                     raise FormatError(f"{name}: record {self.pending.ordinal} ends without a LAST piece",
                                       at, "corrupt")
-                if ro != 0:
-                    raise FormatError(f"{name}: FIRST piece of record {ordinal} has row_offset {ro}", at, "corrupt")
                 if seq_check and ordinal != self.next_ordinal:
-                    raise FormatError(f"{name}: record ordinal {ordinal} where {self.next_ordinal} was expected",
-                                      at, "corrupt")
-                if i > 0 and not (int(pc["flags"][i - 1]) & 2):
-                    raise FormatError(f"{name}: piece {i - 1} lacks LAST but is not the chunk's last", at, "corrupt")
+                    raise FormatError(f"{name}: record ordinal {ordinal}, expected {self.next_ordinal}: a chunk is "
+                                      f"missing or out of order", at, "corrupt")
                 self.next_ordinal = ordinal + 1
                 NR = e["n_rows"]
-                if n > NR:
-                    raise FormatError(f"{name}: piece of record {ordinal} holds {n} of its {NR} rows", at, "corrupt")
                 want = only is None or only == ordinal
                 rec = Record(uid=e["uid"], group=e["group"], tokens=toks.astype(np.int32), prompt_len=e["prompt_len"],
                              start=e["start"], topk_ids=np.empty((NR, rd.L, rd.k), dtype=np.int32) if want else None,
@@ -877,21 +1333,21 @@ class _Assembler:
                              logprobs=None if lps is None else lps.astype(np.float32),
                              reward=e["reward"], attrs=e["attrs"], ordinal=ordinal)
                 rec._want = want
+                rec._rows = NR
                 self.pending = rec
                 self.filled = 0
             else:
-                if i != 0:
-                    raise FormatError(f"{name}: piece {i} lacks FIRST but is not the chunk's first", at, "corrupt")
                 if self.pending is None:
                     if not seq_check:
                         continue  # get(): a continuation of a record we do not want
-                    raise FormatError(f"{name}: piece of record {ordinal} continues nothing", at, "corrupt")
+                    raise FormatError(f"{name}: piece of record {ordinal} continues a record that did not start",
+                                      at, "corrupt")
                 if ordinal != self.pending.ordinal or ro != self.filled:
                     raise FormatError(f"{name}: piece (record {ordinal}, row_offset {ro}) does not continue record "
                                       f"{self.pending.ordinal} at row {self.filled}", at, "corrupt")
             rec = self.pending
-            if self.filled + n > rec.topk_ids.shape[0] if rec._want else self.filled + n > 1 << 62:
-                raise FormatError(f"{name}: record {ordinal} pieces exceed its n_rows", at, "corrupt")
+            if self.filled + n > rec._rows:
+                raise FormatError(f"{name}: record {ordinal} pieces hold more rows than its {rec._rows}", at, "corrupt")
             if rec._want:
                 rec.topk_ids[self.filled:self.filled + n] = ids[rows]
                 if weights is not None:
@@ -900,14 +1356,16 @@ class _Assembler:
                     rec.router_logits[self.filled:self.filled + n] = logits[rows]
             self.filled += n
             if last:
-                if rec._want and self.filled != rec.topk_ids.shape[0]:
-                    raise FormatError(f"{name}: record {ordinal} ends after {self.filled} of its "
-                                      f"{rec.topk_ids.shape[0]} rows", at, "corrupt")
+                if self.filled != rec._rows:
+                    raise FormatError(f"{name}: record {ordinal} ends with {self.filled} rows, it declares "
+                                      f"{rec._rows}", at, "corrupt")
                 self.pending = None
                 if rec._want:
                     del rec._want
+                    del rec._rows
                     out.append(rec)
                 if only is not None and only == ordinal:
                     break
+        self._index_chunk(chunk, pc, entries)
         chunk.release()    # every row was copied into its record
         return out

@@ -114,6 +114,8 @@ class Writer:
         engine = dict(engine or {})
         engine = {"name": str(engine.get("name", "")), "version": str(engine.get("version", "")),
                   "role": engine.get("role", "other")}
+        if engine["role"] not in F.ROLES:
+            raise ValueError(f"engine role must be rollout, train or other, not {engine['role']!r}")
         cols = {"topk_ids": "u8" if model["num_experts"] <= 256 else "u16", "tokens": "i32"}
         for key, d in (("topk_weights", topk_weights_dtype), ("router_logits", router_logits_dtype)):
             if d is not None:
@@ -322,7 +324,7 @@ class Writer:
             rcol += struct.pack("<I", len(r.uid)) + r.uid
             rcol += struct.pack("<I", 0xFFFFFFFF) if r.group is None else struct.pack("<I", len(r.group)) + r.group
             rcol += struct.pack("<IIIIIBdI", len(r.tokens), r.prompt_len, r.start, r.n_rows, len(r.logprobs),
-                                0 if r.reward is None else 1, r.reward or 0.0, len(r.attrs))
+                                0 if r.reward is None else 1, 0.0 if r.reward is None else r.reward, len(r.attrs))
             rcol += r.attrs
             toks.append(r.tokens)
             lps.append(r.logprobs)

@@ -236,7 +236,7 @@ def test_missing_column_without_bits_set(tmp_path):
     q = tmp_path / "b.rtrace"
     hdr_end = off
     q.write_bytes(bytes(data[:hdr_end]) + frame)      # no index: read as incomplete
-    with pytest.warns(UserWarning, match="no trailer"):
+    with pytest.warns(UserWarning, match="without index and trailer"):
         got = list(rtrace.Reader(q, allow_incomplete=True))
     assert len(got) == 1 and np.array_equal(got[0].topk_ids, ids) and np.array_equal(got[0].topk_weights, wt)
 

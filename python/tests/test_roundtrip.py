@@ -190,6 +190,21 @@ def test_invalid_adds(tmp_path):
         rtrace.Writer(tmp_path / "y.rtrace", model=dict(num_layers=2, num_experts=4, top_k=5), engine=ENGINE)
 
 
+def test_writer_keeps_the_header_rules(tmp_path):
+    """What readers accept from a later minor version (an unknown role, spec §3.2) a 1.0 writer does not write;
+    a policy_version outside 0..2^53-1 is refused; a reward of -0.0 keeps its sign (its flag says it is there)."""
+    with pytest.raises(ValueError, match="role"):
+        rtrace.Writer(tmp_path / "r.rtrace", model=MODEL, engine=dict(ENGINE, role="critic"))
+    for pv in (-1, 1 << 53):
+        with pytest.raises(ValueError, match="policy_version"):
+            rtrace.Writer(tmp_path / "p.rtrace", model=MODEL, engine=ENGINE, policy_version=pv)
+    with rtrace.Writer(tmp_path / "z.rtrace", model=MODEL, engine=ENGINE) as w:
+        w.add("a", [1, 2], np.zeros((1, 6, 4), dtype=np.int32), reward=-0.0)
+        w.add("b", [1, 2], np.zeros((1, 6, 4), dtype=np.int32))
+    a, b = rtrace.Reader(tmp_path / "z.rtrace")
+    assert a.reward == 0.0 and np.signbit(a.reward) and b.reward is None
+
+
 # damage ------------------------------------------------------------------------------------------
 @pytest.fixture
 def good(tmp_path, sample):
@@ -225,7 +240,7 @@ def test_every_byte_flip_in_chunk_detected(good):
         bad[pos] ^= 0x41
         with pytest.raises(rtrace.FormatError) as e:
             list(rtrace.Reader(bytes(bad)))
-        assert e.value.offset == off or e.value.kind in ("corrupt", "limit", "truncated"), e.value
+        assert off <= e.value.offset < off + flen or e.value.kind in ("corrupt", "limit", "truncated"), e.value
 
 
 def test_header_damage(good):
@@ -267,6 +282,6 @@ def test_unknown_extension_column_skipped(good, sample):
     head = b"RTCK" + struct.pack("<IIIQ", C + 1, P, R, pl + len(ext)) + d2
     frame = head + struct.pack("<I", zlib.crc32(head)) + good[off + 28 + 16 * C: off + flen] + ext
     data = good[:off] + frame + good[off + flen:r.index["chunks"][-1][0] + r.index["chunks"][-1][1]]
-    with pytest.warns(UserWarning, match="extension column 40"):
+    with pytest.warns(UserWarning, match="extension column #40"):
         out = list(rtrace.Reader(data, allow_incomplete=True))
     check_sample(out, sample)
