@@ -43,10 +43,13 @@ public struct WideSum: Sendable, Equatable {
         let f = (a - w) * WideSum.scale  // in [0, 2⁶⁰), exact
         let h = f.rounded(.down)
         let l = ((f - h) * WideSum.scale).rounded()
+        // Through Int64 where the value fits: one instruction, where Int128(Double) takes a generic path.
+        let wi = w < 0x1p62 ? Int128(Int64(w)) : Int128(w)
+        let hi = Int128(Int64(h)), li = Int128(Int64(l))  // both ≤ 2⁶⁰
         if x < 0 {
-            whole &-= Int128(w); fracHigh &-= Int128(h); fracLow &-= Int128(l)
+            whole &-= wi; fracHigh &-= hi; fracLow &-= li
         } else {
-            whole &+= Int128(w); fracHigh &+= Int128(h); fracLow &+= Int128(l)
+            whole &+= wi; fracHigh &+= hi; fracLow &+= li
         }
     }
 

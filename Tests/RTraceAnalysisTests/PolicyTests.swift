@@ -17,6 +17,9 @@ struct WideSumTests {
         var b = WideSum()
         for x in [1e20, 1, -1e20] { b.add(x) }
         #expect(b.value == 1)
+        var huge = WideSum()  // integer parts beyond Int64
+        for x in [0x1p70, 0.5, -0x1p70, 0x1p63 + 0x1p12, -0x1p63] { huge.add(x) }
+        #expect(huge.value == 0.5 + 0x1p12)
         var t = WideSum()
         for _ in 0..<1_000_000 { t.add(1e-8) }
         #expect(t.value == 1e6 * 1e-8)  // exact product, rounded once

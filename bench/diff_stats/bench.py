@@ -15,6 +15,8 @@ Usage: python3 bench/diff_stats/bench.py [--seqs 200] [--tokens 501] [--workdir 
 
 --logprobs also gives both sides logprobs of the response tokens (B = A + noise), so that diff computes
 the policy mismatch (--diff-args passes options such as "--is-threshold 2 --is-threshold 1.05" to it).
+--baseline PATH also times another rtrace binary's `diff --json` (without --diff-args) on the same files,
+alternating run by run with the one measured, and prints the ratio.
 
 --memory also imports the data 5 times more (other uid prefixes) and prints the peak resident memory
 of diff and stats on 1 and on 5 copies: streaming keeps it nearly flat.
@@ -113,6 +115,7 @@ def main():
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # --memory, in a fresh process
     ap.add_argument("--logprobs", action="store_true", help="give both sides response logprobs (diff then computes the policy metrics)")
     ap.add_argument("--diff-args", default="", help="extra arguments of rtrace diff (split on spaces)")
+    ap.add_argument("--baseline", help="another rtrace binary whose diff is timed on the same files, alternating")
     o = ap.parse_args()
     if o.memory_only:
         return memory(o)
@@ -150,6 +153,15 @@ def main():
     print(f"numpy  (load npz, sort, compare): {t_np:7.3f} s   best of {o.repeat}")
     print(f"rtrace diff --json {o.diff_args:13s}: {t_rt:7.3f} s   best of {o.repeat}" + ("  (with logprobs)" if o.logprobs else ""))
     print(f"ratio numpy / rtrace diff       : {t_np / t_rt:7.1f}x")
+    if o.baseline:
+        ours, base = [], []
+        for _ in range(o.repeat):
+            ours.append(timed([o.rtrace, "diff", paths["a_rt"], paths["b_rt"], "--json"] + o.diff_args.split(), 1)[0])
+            base.append(timed([o.baseline, "diff", paths["a_rt"], paths["b_rt"], "--json"], 1)[0])
+        ours.sort(); base.sort()
+        med = lambda v: v[len(v) // 2]
+        print(f"rtrace diff vs --baseline, alternating {o.repeat}x: best {min(ours):.3f} / {min(base):.3f} s = {min(ours) / min(base):.2f}, "
+              f"median {med(ours):.3f} / {med(base):.3f} s = {med(ours) / med(base):.2f}")
     t_st, _ = timed([o.rtrace, "stats", paths["a_rt"], "--json", "--capacity-factor", "1.25", "--ep", "8"], o.repeat)
     print(f"rtrace stats --capacity-factor --ep (one side): {t_st:.3f} s")
     if o.memory:
