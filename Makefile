@@ -13,14 +13,15 @@ BIN      := .build/debug/rtrace
 RELEASE  := .build/release/rtrace
 SAMPLES  := samples/qwen3moe-L6-E32-k4
 
-.PHONY: all deps build-deps system-deps python-deps distclean build release test test-aarch64 demo bench experiment clean fuzz fuzz-build fuzz-seeds fuzz-regressions
+.PHONY: all deps build-deps system-deps python-deps engine-wheels distclean build release test test-aarch64 demo bench experiment clean fuzz fuzz-build fuzz-seeds fuzz-regressions
 
 all: build
 
 # Everything a fresh machine needs: system packages (apt) and the Python packages, which go into the
 # project's own virtual environment .venv (created with `python3 -m venv`, no system site-packages) from
-# the pinned python/requirements-dev.txt + python/constraints.txt. Run again, it only checks.
-deps: build-deps system-deps python-deps
+# the pinned python/requirements-dev.txt + python/constraints.txt, and the engine wheels some tests read
+# without installing them (engine-wheels). Run again, it only checks.
+deps: build-deps system-deps python-deps engine-wheels
 
 # What the Swift build needs: the zlib and libdeflate headers.
 build-deps:
@@ -41,6 +42,20 @@ system-deps:
 	  { echo "install chromium (rtrace report's browser test renders the report in it), or set RTRACE_CHROMIUM"; exit 1; }
 
 python-deps: $(VENV)/.deps-installed
+
+# Engine packages whose own code the tests run but that are far too heavy to install (verl pulls in vllm,
+# ray, flash-attn, ...): their wheels are downloaded (pip download --no-deps, only when missing, checked
+# against the sha256 below) into $(VENV)/engine-wheels/, and the tests take the functions they need out of
+# the wheel (python/tests/test_verl_policy.py: verl's rollout-correction metrics).
+ENGINE_WHEELS := $(VENV)/engine-wheels
+VERL_WHEEL    := $(ENGINE_WHEELS)/verl-0.9.1-py3-none-any.whl
+VERL_SHA256   := db6e6f2a8d9d5808d9ec32d357a42319fdc6967df688ff9d9810050f49bfdd14
+engine-wheels: $(VERL_WHEEL)
+
+$(VERL_WHEEL): | $(VENV)/.deps-installed
+	@mkdir -p $(ENGINE_WHEELS)
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps verl==0.9.1 -d $(ENGINE_WHEELS)
+	@echo "$(VERL_SHA256)  $@" | sha256sum -c --quiet || { rm -f $@; echo "$@: unexpected sha256"; exit 1; }
 
 # Re-runs only when the pinned lists change (or .venv is removed).
 $(VENV)/.deps-installed: $(REQS)

@@ -10,9 +10,13 @@ public struct DiffOptions: Sendable {
     public var top: Int = 10
     /// Worker threads for the comparison (decoding uses the readers' own threads).
     public var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
-    public init(buckets: Int = 4, top: Int = 10) {
+    /// Thresholds C of the importance-sampling and rejection rules in the policy report (verl's
+    /// `rollout_is_threshold` / `rollout_rs_threshold`); each must be finite and > 0.
+    public var isThresholds: [Double] = PolicyAcc.defaultThresholds
+    public init(buckets: Int = 4, top: Int = 10, isThresholds: [Double] = PolicyAcc.defaultThresholds) {
         self.buckets = max(1, buckets)
         self.top = max(0, top)
+        self.isThresholds = isThresholds
     }
 }
 
@@ -36,11 +40,13 @@ struct DiffAcc {
     var brows: [Int], bany: [Int]
     var matchedRows = 0, rowsOnlyA = 0, rowsOnlyB = 0
     var missingA = 0, missingB = 0, skippedLayerRows = 0
-    var lpN = 0, k1 = 0.0, k3 = 0.0, ext = [0, 0, 0]
+    /// Policy mismatch over response tokens with logprobs on both sides (PolicyMetrics.swift).
+    var policy: PolicyAcc
     var top: [(uid: String, flipped: Int, rows: Int)] = []
 
-    init(L: Int, k: Int, E: Int, buckets: Int) {
+    init(L: Int, k: Int, E: Int, buckets: Int, isThresholds: [Double] = PolicyAcc.defaultThresholds) {
         self.L = L; self.k = k; self.E = E; nb = buckets
+        policy = PolicyAcc(layers: L, thresholds: isThresholds)
         cells = Array(repeating: 0, count: 2 * buckets * L * (k + 1))
         orderCells = Array(repeating: 0, count: 2 * buckets * L)
         klSum = Array(repeating: 0, count: L); klN = Array(repeating: 0, count: L)
@@ -90,12 +96,9 @@ struct DiffAcc {
         for b in 0..<nb { brows[b] += o.brows[b]; bany[b] += o.bany[b] }
         matchedRows += o.matchedRows; rowsOnlyA += o.rowsOnlyA; rowsOnlyB += o.rowsOnlyB
         missingA += o.missingA; missingB += o.missingB; skippedLayerRows += o.skippedLayerRows
-        lpN += o.lpN; k1 += o.k1; k3 += o.k3
-        for i in 0..<3 { ext[i] += o.ext[i] }
+        policy.merge(o.policy)
         top += o.top
     }
-
-    static let taus: [Double] = [1.5, 2, 5]
 
     /// Compares one sequence's two records. `stamp`/`mark` are scratch (no allocation per row).
     mutating func add(_ a: TraceRecord, _ b: TraceRecord, mark: inout [UInt32], stamp: inout UInt32) {
@@ -111,6 +114,8 @@ struct DiffAcc {
         let la = (a.logits != nil && b.logits != nil) ? a.logits!.floats : nil
         let lb = la != nil ? b.logits!.floats : nil
         var flippedRows = 0
+        // Flipped layers of each overlapping row (−1: no layer compared), the routing context of the policy.
+        var rowFlips = [Int32](repeating: -1, count: overlap)
         var st = stamp
         defer { stamp = st }
         if overlap > 0 {
@@ -173,6 +178,7 @@ struct DiffAcc {
                                         }
                                     }
                                     if compared > 0 {
+                                        rowFlips[pos - lo] = Int32(flippedL)
                                         rows[c] += 1; brows[bk] += 1
                                         flippedLayers[c] += flippedL
                                         if flippedL > 0 { anyFlip[c] += 1; bany[bk] += 1; flippedRows += 1 }
@@ -186,24 +192,7 @@ struct DiffAcc {
             missingA += missA; missingB += missB; skippedLayerRows += skipped
         }
         if flippedRows > 0 { top.append((a.uid, flippedRows, overlap)) }
-        // Policy: logprobs of response tokens present in both.
-        if !a.logprobs.isEmpty && !b.logprobs.isEmpty {
-            let nA = a.tokens.isEmpty ? a.start + a.rowCount + 1 : a.tokens.count
-            let nB = b.tokens.isEmpty ? b.start + b.rowCount + 1 : b.tokens.count
-            let offA = nA - a.logprobs.count, offB = nB - b.logprobs.count
-            let t0 = max(offA, offB, a.promptLength), t1 = min(nA, nB)
-            let lt = DiffAcc.taus.map { log($0) }
-            if t0 < t1 {
-                for t in t0..<t1 {
-                    let d = Double(a.logprobs[t - offA]) - Double(b.logprobs[t - offB])  // log πA − log πB = −log r
-                    guard d.isFinite else { continue }
-                    lpN += 1
-                    k1 += d
-                    k3 += exp(-d) - 1 + d
-                    for i in 0..<3 where abs(d) > lt[i] { ext[i] += 1 }
-                }
-            }
-        }
+        policy.add(a, b, rowFlips: rowFlips, firstRow: lo)
     }
 }
 
@@ -353,15 +342,7 @@ public struct DiffReport {
             bs.append(j)
         }
         o["buckets"] = bs
-        if hasLogprobs && acc.lpN > 0 {
-            let n = Double(acc.lpN)
-            o["policy"] = [
-                "tokens": acc.lpN, "k1": acc.k1 / n, "k3": acc.k3 / n,
-                "extreme_frac": ["1.5": Double(acc.ext[0]) / n, "2": Double(acc.ext[1]) / n, "5": Double(acc.ext[2]) / n],
-            ] as [String: Any]
-        } else {
-            o["policy"] = NSNull()
-        }
+        o["policy"] = policy?.jsonObject ?? NSNull()
         o["top"] = topSequences.map { ["uid": $0.uid, "flipped_rows": $0.flipped, "rows": $0.rows] as [String: Any] }
         return o
     }
@@ -406,11 +387,7 @@ public struct DiffReport {
         }
         r2.append(["all", "\(acc.rows[0] + acc.rows[1])", g(j, "flip_rate"), g(j, "token_any_layer_flip"), g(j, "mean_flipped_layers_per_row", 3)])
         s += table(r2)
-        if let p = j["policy"] as? [String: Any] {
-            let e = p["extreme_frac"] as! [String: Double]
-            s += "\npolicy over \(p["tokens"]!) response tokens (r = πB/πA): k1 \(g(p, "k1", 6))  k3 \(g(p, "k3", 6))  "
-            s += "F(1.5) \(fmt(e["1.5"]))  F(2) \(fmt(e["2"]))  F(5) \(fmt(e["5"]))\n"
-        }
+        if let p = policy { s += "\n" + p.text }
         let top = topSequences
         if !top.isEmpty {
             s += "\nmost flipped sequences:\n"
@@ -431,7 +408,8 @@ public func diffTraces(a pathsA: [String], b pathsB: [String], options: DiffOpti
     // Each side decodes a window of `threads` chunks ahead (halving it, as the two sides decode at the
     // same time, was measured: no faster and no smaller).
     for r in ra + rb { r.threads = threads }
-    var rep = DiffReport(acc: DiffAcc(L: L, k: k, E: E, buckets: options.buckets), layerMap: ga.layerMap, filesA: filesA, filesB: filesB)
+    try PolicyAcc.validate(thresholds: options.isThresholds)
+    var rep = DiffReport(acc: DiffAcc(L: L, k: k, E: E, buckets: options.buckets, isThresholds: options.isThresholds), layerMap: ga.layerMap, filesA: filesA, filesB: filesB)
     rep.topN = options.top
     rep.hasLogits = ra.allSatisfy { $0.header.columns.routerLogits != nil } && rb.allSatisfy { $0.header.columns.routerLogits != nil }
     rep.hasWeights = ra.allSatisfy { $0.header.columns.topkWeights != nil } && rb.allSatisfy { $0.header.columns.topkWeights != nil }
@@ -451,7 +429,7 @@ public func diffTraces(a pathsA: [String], b pathsB: [String], options: DiffOpti
         let parts = SharedSlots<DiffAcc>(count: nt)
         let work = UncheckedBox(value: batch)
         DispatchQueue.concurrentPerform(iterations: nt) { t in
-            var local = DiffAcc(L: L, k: k, E: E, buckets: options.buckets)
+            var local = DiffAcc(L: L, k: k, E: E, buckets: options.buckets, isThresholds: options.isThresholds)
             var mark = [UInt32](repeating: 0, count: 65_536)
             var stamp: UInt32 = 0
             var i = t

@@ -11,11 +11,16 @@ struct Diff: ParsableCommand {
             Sequences are joined on uid and row position (start + row). Reports, per MoE layer (named by its
             decoder index) and overall: flip rate (top-k set differs), ordered flip rate, Jaccard similarity,
             experts changed; per row: rows with any layer flipped; router KL(softmax A ‖ softmax B) and weight
-            differences when both sides carry them; k1, k3 and F(τ) of r = πB/πA over response tokens when both
-            carry logprobs. JSON keys: spec/cli-json.md.
+            differences when both sides carry them. When both carry logprobs, the policy mismatch over response
+            tokens (ρ = r = πB/πA): k1, k3, F(τ); verl's rollout_corr metrics (kl, k3_kl, chi2_token, chi2_seq,
+            training/rollout perplexity, ppl_ratio, log_ppl_diff) with verl's definitions; at each --is-threshold C
+            the shares verl's rollout_is (truncated/IcePop IS) and rollout_rs (token/seq_sum/seq_mean/seq_max of
+            k1/k2/k3) rules would clip or mask; and those figures split by how many layers of the token's row
+            flipped. JSON keys: spec/cli-json.md.
             Examples:
               rtrace diff rollout.rtrace train.rtrace
               rtrace diff --a rollout/ --b train-0.rtrace train-1.rtrace --json --fail-above flip_rate=0.05
+              rtrace diff rollout.rtrace train.rtrace --is-threshold 2 --is-threshold 1.05 --csv --csv-table policy
             """)
 
     @Argument(help: "A and B (when --a/--b are not given).")
@@ -36,8 +41,16 @@ struct Diff: ParsableCommand {
     @Flag(help: "Print JSON (spec/cli-json.md).")
     var json = false
 
-    @Flag(help: "Print per-layer rows as CSV.")
+    @Flag(help: "Print CSV rows (--csv-table chooses which).")
     var csv = false
+
+    enum CSVTable: String, ExpressibleByArgument, CaseIterable { case layers, policy }
+
+    @Option(name: .customLong("csv-table"), help: "With --csv: layers (one row per MoE layer) or policy (one row per routing group of response tokens).")
+    var csvTable: CSVTable = .layers
+
+    @Option(name: .customLong("is-threshold"), help: ArgumentHelp("Threshold C of the IS/RS rules (verl's rollout_is_threshold and rollout_rs_threshold): report the shares they would clip or mask (repeatable; default 2).", valueName: "C"))
+    var isThresholds: [Double] = []
 
     @Option(name: .customLong("fail-above"), help: "KEY=VALUE: exit 1 when a numeric report key exceeds VALUE (repeatable; dotted keys such as policy.k3 work).")
     var failAbove: [String] = []
@@ -47,7 +60,9 @@ struct Diff: ParsableCommand {
         if sideA.isEmpty && files.count != 2 { throw ValidationError("give two traces A B, or --a … --b …") }
         if !sideA.isEmpty && !files.isEmpty { throw ValidationError("give either positional A B or --a/--b, not both") }
         if json && csv { throw ValidationError("--json and --csv exclude each other") }
+        if csvTable != .layers && !csv { throw ValidationError("--csv-table goes with --csv") }
         if buckets < 1 { throw ValidationError("--buckets must be at least 1") }
+        for c in isThresholds where !(c > 0 && c.isFinite) { throw ValidationError("--is-threshold must be a finite number > 0, got \(c)") }
     }
 
     func run() throws {
@@ -55,11 +70,23 @@ struct Diff: ParsableCommand {
         try runReportingErrors {
             let limits = try parseThresholds(failAbove)
             let a = sideA.isEmpty ? [files[0]] : sideA, b = sideB.isEmpty ? [files[1]] : sideB
-            let rep = try diffTraces(a: a, b: b, options: DiffOptions(buckets: buckets, top: top))
+            let thresholds = isThresholds.isEmpty ? PolicyAcc.defaultThresholds : isThresholds
+            let rep = try diffTraces(a: a, b: b, options: DiffOptions(buckets: buckets, top: top, isThresholds: thresholds))
             let j = rep.json
             violations = try checkThresholds(j, limits)
             let out = try TextOutput()
-            if json { try out.line(prettyJSON(j)) } else if csv { try out.write(rep.csv) } else { try out.write(rep.text) }
+            if json {
+                try out.line(prettyJSON(j))
+            } else if csv {
+                if csvTable == .policy {
+                    guard let p = rep.policy else { throw TraceError(.invalidInput, "--csv-table policy: the traces carry no logprobs on both sides") }
+                    try out.write(p.csv)
+                } else {
+                    try out.write(rep.csv)
+                }
+            } else {
+                try out.write(rep.text)
+            }
             try out.flush()
         }
         if !violations.isEmpty {

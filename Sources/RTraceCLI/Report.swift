@@ -10,7 +10,9 @@ struct Report: ParsableCommand {
         abstract: "Plot routing drift, expert load and training curves as a self-contained HTML page (or SVG files).",
         discussion: """
             With two traces A (rollout) and B (training): flip rate per layer, a layer × position heatmap of flip \
-            rates, router KL per layer, the policy-KL summary (k3, F(τ)) and the most divergent sequences. With one \
+            rates, router KL per layer, the policy-KL summary (k3, F(τ)) and the most divergent sequences; when both carry \
+            logprobs, verl's policy-mismatch metrics, k3 and |log ρ| against the number of flipped layers and the \
+            shares of tokens an IS band [1/C, C] would clip (--is-threshold). With one \
             or more traces: expert load (layer × expert, relative to uniform), imbalance and entropy per layer, and \
             per-rank load with --ep N. With --run DIR (repeatable): k3, flip rates and reward against step of \
             replay-train output directories, one line per mode. The page has no scripts and loads nothing.
@@ -47,12 +49,16 @@ struct Report: ParsableCommand {
     @Option(help: "Page title.")
     var title = "rtrace report"
 
+    @Option(name: .customLong("is-threshold"), help: ArgumentHelp("Threshold C of the policy section's IS/RS shares (repeatable; default 2).", valueName: "C"))
+    var isThresholds: [Double] = []
+
     func validate() throws {
         if traces.isEmpty && runs.isEmpty { throw ValidationError("give one or two traces, or --run DIR") }
         if traces.count > 2 { throw ValidationError("give at most two traces (A and B)") }
         if let e = ep, e < 1 { throw ValidationError("--ep must be at least 1") }
         if buckets < 1 || buckets > 100 { throw ValidationError("--buckets must be 1…100") }
         if top < 0 { throw ValidationError("--top must be ≥ 0") }
+        for c in isThresholds where !(c > 0 && c.isFinite) { throw ValidationError("--is-threshold must be a finite number > 0, got \(c)") }
     }
 
     func run() throws {
@@ -74,7 +80,8 @@ struct Report: ParsableCommand {
     }
 
     func makePage() throws -> ReportPage {
-        try buildReport(ReportInputs(traces: traces, runs: runs, ep: ep, buckets: buckets, top: top, title: title))
+        try buildReport(ReportInputs(traces: traces, runs: runs, ep: ep, buckets: buckets, top: top, title: title,
+                                     isThresholds: isThresholds.isEmpty ? PolicyAcc.defaultThresholds : isThresholds))
     }
 
     func writeText(_ s: String, to path: String) throws {

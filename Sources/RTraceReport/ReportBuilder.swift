@@ -16,10 +16,14 @@ public struct ReportInputs {
     public var top: Int
     /// Page title.
     public var title: String
+    /// Thresholds C of the policy section's IS/RS shares (``DiffOptions/isThresholds``).
+    public var isThresholds: [Double]
 
     /// Creates the inputs.
-    public init(traces: [String] = [], runs: [String] = [], ep: Int? = nil, buckets: Int = 10, top: Int = 10, title: String = "rtrace report") {
+    public init(traces: [String] = [], runs: [String] = [], ep: Int? = nil, buckets: Int = 10, top: Int = 10, title: String = "rtrace report",
+                isThresholds: [Double] = PolicyAcc.defaultThresholds) {
         self.traces = traces; self.runs = runs; self.ep = ep; self.buckets = buckets; self.top = top; self.title = title
+        self.isThresholds = isThresholds
     }
 }
 
@@ -32,9 +36,11 @@ public func buildReport(_ inp: ReportInputs) throws -> ReportPage {
     var sections: [ReportSection] = []
     let names = inp.traces.map { ($0 as NSString).lastPathComponent }
     if inp.traces.count == 2 {
-        let rep = try diffTraces(a: [inp.traces[0]], b: [inp.traces[1]], options: DiffOptions(buckets: inp.buckets, top: inp.top))
+        let rep = try diffTraces(a: [inp.traces[0]], b: [inp.traces[1]],
+                                 options: DiffOptions(buckets: inp.buckets, top: inp.top, isThresholds: inp.isThresholds))
         let grid = FlipGrid(diff: rep)
         sections.append(DiffFigures.section(diff: rep.json, grid: grid, nameA: names[0], nameB: names[1]))
+        if let p = rep.policy { sections.append(PolicyFigures.section(policy: p, nameA: names[0], nameB: names[1])) }
     }
     for (i, t) in inp.traces.enumerated() {
         let p = try statsTraces([t], options: StatsOptions(ep: inp.ep))

@@ -74,7 +74,8 @@ let browserRequired = ["RTRACE_NO_SKIP", "RTRACE_REQUIRE_BROWSER"].contains { Pr
         }
         #expect(sawDark, "no viridis-dark heatmap cell in the screenshot")
         let ids = figureIDs(page.html)
-        for id in ["flip-rate-per-layer", "flip-heatmap", "router-kl", "policy-kl", "divergent-sequences", "a-expert-load", "a-imbalance",
+        for id in ["flip-rate-per-layer", "flip-heatmap", "router-kl", "policy-kl", "divergent-sequences", "policy-by-flipped-layers",
+                   "policy-clip-shares", "a-expert-load", "a-imbalance",
                    "a-entropy", "a-ep-imbalance", "a-ep-rank-load", "run-k3", "run-flip-natural", "run-flip-applied", "run-reward"] {
             #expect(ids.contains(id), "missing plot \(id)")
         }

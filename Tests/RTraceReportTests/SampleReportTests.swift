@@ -36,7 +36,8 @@ import RTraceAnalysis
     @Test func twoTraceReportHasEveryPlot() throws {
         let page = try buildReport(ReportInputs(traces: [sample("rollout"), sample("train_mixed")], ep: 4))
         let ids = page.plots.map(\.id)
-        let expected = ["flip-rate-per-layer", "flip-heatmap", "router-kl", "policy-kl", "divergent-sequences"]
+        let expected = ["flip-rate-per-layer", "flip-heatmap", "router-kl", "policy-kl", "divergent-sequences",
+                        "policy-by-flipped-layers", "policy-clip-shares"]
             + ["a-", "b-"].flatMap { p in ["expert-load", "imbalance", "entropy", "ep-imbalance", "ep-rank-load"].map { p + $0 } }
         #expect(ids == expected)
         #expect(Set(ids).count == ids.count)

@@ -11,7 +11,12 @@ share about half their experts; side B changes one expert in ~5% of (row, layer)
           changed per layer, prompt/response and position splits, top sequences)
 
 Usage: python3 bench/diff_stats/bench.py [--seqs 200] [--tokens 501] [--workdir /tmp/rtrace-bench]
-       [--rtrace .build-analysis/release/rtrace] [--repeat 3] [--memory]
+       [--rtrace .build-analysis/release/rtrace] [--repeat 3] [--memory] [--logprobs] [--diff-args ...]
+
+--logprobs also gives both sides logprobs of the response tokens (B = A + noise), so that diff computes
+the policy mismatch (--diff-args passes options such as "--is-threshold 2 --is-threshold 1.05" to it).
+--baseline PATH also times another rtrace binary's `diff --json` (without --diff-args) on the same files,
+alternating run by run with the one measured, and prints the ratio.
 
 --memory also imports the data 5 times more (other uid prefixes) and prints the peak resident memory
 of diff and stats on 1 and on 5 copies: streaming keeps it nearly flat.
@@ -108,6 +113,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--memory", action="store_true", help="also measure peak memory on 1 and 5 copies of the data")
     ap.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)  # --memory, in a fresh process
+    ap.add_argument("--logprobs", action="store_true", help="give both sides response logprobs (diff then computes the policy metrics)")
+    ap.add_argument("--diff-args", default="", help="extra arguments of rtrace diff (split on spaces)")
+    ap.add_argument("--baseline", help="another rtrace binary whose diff is timed on the same files, alternating")
     o = ap.parse_args()
     if o.memory_only:
         return memory(o)
@@ -118,9 +126,15 @@ def main():
     a, b = generate(o.seqs, rows, o.layers, o.experts, o.topk, 0.05, 1)
     tokens = np.random.default_rng(2).integers(0, 150000, size=(o.seqs, o.tokens), dtype=np.int32)
     paths = {}
+    lp = {}
+    if o.logprobs:
+        rng = np.random.default_rng(3)
+        lp["a"] = -rng.exponential(1.0, size=(o.seqs, o.tokens - o.tokens // 4)).astype(np.float32)
+        lp["b"] = (lp["a"] + rng.normal(0, 0.02, size=lp["a"].shape)).astype(np.float32)
     for name, ids in (("a", a), ("b", b)):
         paths[name] = os.path.join(o.workdir, name + ".npz")
-        np.savez(paths[name], tokens=tokens, prompt_len=np.int32(o.tokens // 4), topk_ids=ids)
+        extra = {"logprobs": lp[name]} if o.logprobs else {}
+        np.savez(paths[name], tokens=tokens, prompt_len=np.int32(o.tokens // 4), topk_ids=ids, **extra)
         rt = os.path.join(o.workdir, name + ".rtrace")
         subprocess.run([o.rtrace, "import", "--from", "npz", paths[name], "-o", rt, "--num-experts", str(o.experts),
                         "--uid-prefix", "s", "--role", "rollout" if name == "a" else "train"], check=True)
@@ -130,15 +144,24 @@ def main():
     script = os.path.join(o.workdir, "numpy_diff.py")
     open(script, "w").write(NUMPY_DIFF)
     t_np, out_np = timed([sys.executable, script, paths["a"], paths["b"]], o.repeat)
-    t_rt, out_rt = timed([o.rtrace, "diff", paths["a_rt"], paths["b_rt"], "--json"], o.repeat)
+    t_rt, out_rt = timed([o.rtrace, "diff", paths["a_rt"], paths["b_rt"], "--json"] + o.diff_args.split(), o.repeat)
     np_j, rt_j = json.loads(out_np), json.loads(out_rt)
     assert abs(np_j["flip_rate"] - rt_j["flip_rate"]) < 1e-12, (np_j["flip_rate"], rt_j["flip_rate"])
     assert abs(np_j["token_any_layer_flip"] - rt_j["token_any_layer_flip"]) < 1e-12
     assert all(abs(x - p["flip_rate"]) < 1e-12 for x, p in zip(np_j["per_layer"], rt_j["per_layer"]))
     print(f"flip_rate {rt_j['flip_rate']:.5f}  token_any_layer_flip {rt_j['token_any_layer_flip']:.4f}  (numpy and rtrace agree)")
     print(f"numpy  (load npz, sort, compare): {t_np:7.3f} s   best of {o.repeat}")
-    print(f"rtrace diff --json              : {t_rt:7.3f} s   best of {o.repeat}")
+    print(f"rtrace diff --json {o.diff_args:13s}: {t_rt:7.3f} s   best of {o.repeat}" + ("  (with logprobs)" if o.logprobs else ""))
     print(f"ratio numpy / rtrace diff       : {t_np / t_rt:7.1f}x")
+    if o.baseline:
+        ours, base = [], []
+        for _ in range(o.repeat):
+            ours.append(timed([o.rtrace, "diff", paths["a_rt"], paths["b_rt"], "--json"] + o.diff_args.split(), 1)[0])
+            base.append(timed([o.baseline, "diff", paths["a_rt"], paths["b_rt"], "--json"], 1)[0])
+        ours.sort(); base.sort()
+        med = lambda v: v[len(v) // 2]
+        print(f"rtrace diff vs --baseline, alternating {o.repeat}x: best {min(ours):.3f} / {min(base):.3f} s = {min(ours) / min(base):.2f}, "
+              f"median {med(ours):.3f} / {med(base):.3f} s = {med(ours) / med(base):.2f}")
     t_st, _ = timed([o.rtrace, "stats", paths["a_rt"], "--json", "--capacity-factor", "1.25", "--ep", "8"], o.repeat)
     print(f"rtrace stats --capacity-factor --ep (one side): {t_st:.3f} s")
     if o.memory:
