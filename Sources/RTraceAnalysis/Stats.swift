@@ -76,12 +76,17 @@ public struct StatsPartial: Sendable, Equatable {
         for l in layers.indices { layers[l].merge(o.layers[l]) }
     }
 
+    /// Whether the per-layer tallies hold logit sums (set when the partial was made: every input has logits).
+    var talliesLogits: Bool { layers.first.map { !$0.probSum.isEmpty } ?? false }
+
     /// Adds one record (counts, weights, logits; capacity is done in stream order elsewhere).
     mutating func add(_ r: TraceRecord) {
         let L = model.moeLayers, k = model.topK, E = model.numExperts
         records += 1; rows += r.rowCount
         let w = r.weights?.floats
-        let lg = r.logits?.floats
+        // Logits count only where every file of the union has them (the tallies were sized for it): a
+        // file with logits among files without adds its ids and weights, like the others.
+        let lg = talliesLogits ? r.logits?.floats : nil
         var probs = lg != nil ? [Double](repeating: 0, count: E) : []
         r.expertIDs.withUnsafeBufferPointer { ids in
             for l in 0..<L {

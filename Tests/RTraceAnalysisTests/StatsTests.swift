@@ -106,3 +106,19 @@ func statsTiny() -> [TraceRecord] {
     try prettyJSON(try statsTraces([shards[0]], options: StatsOptions(capacityFactor: 2)).json).write(toFile: other, atomically: true, encoding: .utf8)
     #expect(throws: TraceError.self) { try mergeStats([jsons[0], other]) }
 }
+
+/// Files of which only some carry router logits: the union's statistics leave logits out (no crash), and
+/// the counts equal those of the same records written without logits.
+@Test func statsOverFilesWithAndWithoutLogits() throws {
+    let d = tempDir()
+    let recs = statsTiny()
+    let withLogits = try write(d + "/with.rtrace", header(statsGeometry, logprobs: false), [recs[0]])
+    let noLogits = recs.map { r in var r = r; r.logits = nil; return r }
+    let without = try write(d + "/without.rtrace", header(statsGeometry, logits: nil, logprobs: false), [noLogits[1]])
+    let mixed = try statsTraces([withLogits, without], options: StatsOptions())
+    let plain = try statsTraces([try write(d + "/plain.rtrace", header(statsGeometry, logits: nil, logprobs: false), noLogits)],
+                                options: StatsOptions())
+    #expect(!mixed.hasLogits)
+    #expect(mixed.layers == plain.layers)
+    #expect(mixed.records == 2 && mixed.rows == 4)
+}
