@@ -608,6 +608,8 @@ def test_generation_errors(tmp_path):
             cache = DynamicCache(config=model.config)
             model(input_ids=ids[:, :2], cache=cache, use_cache=True)   # a prefill outside a generation: recorded as usual
             assert w.records_written == 2
+            with pytest.raises(AdapterError, match=r"continues a KV cache of 2 tokens .* inside rec.generation\(\)"):
+                model(input_ids=ids[:, 2:3], cache=cache, use_cache=True)      # transformers 5.x's name: cache
             with pytest.raises(AdapterError, match=r"starts with a prefill; this forward continues a KV cache of 2"):
                 with rec.generation():
                     model(input_ids=ids[:, 2:3], cache=cache, use_cache=True)
