@@ -321,9 +321,10 @@ class Trainer:
 
 def overhead_bench(model, cfg: Config, seed: int, reps: int, out: str):
     """The cost of r3 replay, same process, same rollout batch: `reps` pairs (after a warm-up pair,
-    alternating which mode goes first) of (a) a training forward + backward over the batch and (b) a
-    whole training update on it (old-policy pass + PPO mini-batch updates, weights and optimizer reset
-    before each), without and with r3 replay. Returns the per-pair times (CPU and wall, ms) and ratios."""
+    alternating which mode goes first) of (a) a training forward + backward over the batch (CPU time
+    also split: up to the loss, then backward and last_stats) and (b) a whole training update on it
+    (old-policy pass + PPO mini-batch updates, weights and optimizer reset before each), without and
+    with r3 replay. Returns the per-pair times (ms) and ratios."""
     tr = Trainer(cfg, "none", seed, out, model=model)
     path = os.path.join(out, "traces", "overhead.rtrace")
     rollout(model, cfg, 0, tr.gen, path)
@@ -337,10 +338,12 @@ def overhead_bench(model, cfg: Config, seed: int, reps: int, out: str):
         if mode == "r3":
             rp.set_batch(recs)
         loss = model(input_ids=tokens, use_cache=False).logits.float().logsumexp(-1).mean()
+        c1 = time.process_time()
         loss.backward()
         if mode == "r3":
             rp.last_stats()
-        return 1e3 * (time.process_time() - c0), 1e3 * (time.perf_counter() - w0)
+        c2 = time.process_time()
+        return 1e3 * (c2 - c0), 1e3 * (time.perf_counter() - w0), 1e3 * (c1 - c0), 1e3 * (c2 - c1)
 
     def update(mode):
         model.load_state_dict(start)
@@ -370,7 +373,9 @@ def overhead_bench(model, cfg: Config, seed: int, reps: int, out: str):
     model.load_state_dict(start)
     out_d = dict(reps=reps, batch=list(tokens.shape))
     for k, v in res.items():
-        for j, unit in ((0, "cpu"), (1, "wall")):
+        for j, unit in ((0, "cpu"), (1, "wall"), (2, "fwd_cpu"), (3, "bwd_cpu")):
+            if j >= len(v["none"][0]):
+                continue
             ratios = [b[j] / a[j] - 1 for a, b in zip(v["none"], v["r3"])]
             out_d[f"{k}_none_{unit}_ms"] = [x[j] for x in v["none"]]
             out_d[f"{k}_r3_{unit}_ms"] = [x[j] for x in v["r3"]]
