@@ -139,14 +139,18 @@ if oh:
     out.append("|---|---|---|---|---|")
     units = {"cpu": "CPU time", "wall": "wall time", "fwd_cpu": "CPU time up to the loss (set_batch, forward)",
              "bwd_cpu": "CPU time of backward + last_stats"}
-    for k, name in (("fwd_bwd", "training forward + backward"), ("update", "training update (old pass + mini-batches)")):
-        for unit in units:
-            if f"{k}_none_{unit}_ms" not in oh:
-                continue
-            n_, r_ = oh[f"{k}_none_{unit}_ms"], oh[f"{k}_r3_{unit}_ms"]
-            out.append(f"| {name}, {units[unit]} (ms, median) | {med(n_):.1f} | {med(r_):.1f} | "
-                       f"{100 * oh[f'{k}_{unit}_ratio_median']:+.2f} % | {100 * oh[f'{k}_{unit}_ratio_mean']:+.2f} ± "
-                       f"{100 * oh[f'{k}_{unit}_ratio_se']:.2f} % |")
+
+    def overhead_rows(d, which):
+        """The table rows of an overhead.json: each measure, each of the `which` units it has."""
+        for k, name in (("fwd_bwd", "training forward + backward"), ("update", "training update (old pass + mini-batches)")):
+            for unit in which:
+                if f"{k}_none_{unit}_ms" not in d:
+                    continue
+                n_, r_ = d[f"{k}_none_{unit}_ms"], d[f"{k}_r3_{unit}_ms"]
+                out.append(f"| {name}, {units[unit]} (ms, median) | {med(n_):.1f} | {med(r_):.1f} | "
+                           f"{100 * d[f'{k}_{unit}_ratio_median']:+.2f} % | {100 * d[f'{k}_{unit}_ratio_mean']:+.2f} ± "
+                           f"{100 * d[f'{k}_{unit}_ratio_se']:.2f} % |")
+    overhead_rows(oh, units)
     wp = os.path.join(a.root, "overhead-wide", "overhead.json")
     if os.path.exists(wp):
         w = json.load(open(wp))
@@ -154,14 +158,7 @@ if oh:
                    f"same batch shape, {w['reps']} pairs):\n")
         out.append("| | none | r3 | r3 vs none (median per-pair ratio) | mean ± s.e. |")
         out.append("|---|---|---|---|---|")
-        for k, name in (("fwd_bwd", "training forward + backward"), ("update", "training update (old pass + mini-batches)")):
-            for unit in ("cpu", "fwd_cpu", "bwd_cpu"):
-                if f"{k}_none_{unit}_ms" not in w:
-                    continue
-                n_, r_ = w[f"{k}_none_{unit}_ms"], w[f"{k}_r3_{unit}_ms"]
-                out.append(f"| {name}, {units[unit]} (ms, median) | {med(n_):.1f} | {med(r_):.1f} | "
-                           f"{100 * w[f'{k}_{unit}_ratio_median']:+.2f} % | {100 * w[f'{k}_{unit}_ratio_mean']:+.2f} ± "
-                           f"{100 * w[f'{k}_{unit}_ratio_se']:.2f} % |")
+        overhead_rows(w, ("cpu", "fwd_cpu", "bwd_cpu"))
         oh["wide"] = w
 
 
