@@ -13,7 +13,7 @@ BIN      := .build/debug/rtrace
 RELEASE  := .build/release/rtrace
 SAMPLES  := samples/qwen3moe-L6-E32-k4
 
-.PHONY: all deps build-deps system-deps python-deps engine-wheels distclean build release test test-aarch64 demo bench experiment clean fuzz fuzz-build fuzz-seeds fuzz-regressions
+.PHONY: all deps build-deps system-deps python-deps engine-wheels distclean build release test test-aarch64 demo bench experiment experiment-torch clean fuzz fuzz-build fuzz-seeds fuzz-regressions
 
 all: build
 
@@ -109,6 +109,12 @@ bench: deps release
 
 experiment: deps
 	@if [ -f bench/replay/experiment.sh ]; then PYTHON=$(PY) bash bench/replay/experiment.sh; else echo "replay-train is not built yet"; exit 1; fi
+
+# Routing replay where people train: GRPO on a small transformers Qwen3MoeForCausalLM (bf16 KV-cached rollout
+# recorded to .rtrace, fp32 training replaying it with rtrace.torch.replay_routing), none / r2 / r3 x 3 seeds,
+# replay overhead, curves -> bench/replay-torch.md (~17 min on this shared 2-core machine; STEPS, SEEDS, JOBS, OREPS).
+experiment-torch: deps build
+	PYTHON=$(PY) RTRACE_BIN=$(BIN) bash bench/replay_torch/experiment.sh
 
 # Fuzzing (issue 6): libFuzzer over the reader and `check`, in the nested package fuzz/ so the main
 # build never needs the fuzzer flags. `make fuzz FUZZ_SECONDS=1800` fuzzes for that long from a corpus

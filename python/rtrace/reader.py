@@ -32,6 +32,9 @@ class Record:
     reward: Optional[float] = None
     attrs: Optional[dict] = None
     ordinal: int = field(default=-1, repr=False)
+    # The header of the trace the record was read from (its ``model`` gives the layer_map that names
+    # the decoder layer of each column); None for a record built by hand.
+    header: Optional[dict] = field(default=None, repr=False, compare=False)
 
     @property
     def n_rows(self) -> int:
@@ -1331,7 +1334,7 @@ class _Assembler:
                              router_logits=(np.empty((NR, rd.L, rd.E), dtype=rd.ldt) if want
                                             and logits is not None else None),
                              logprobs=None if lps is None else lps.astype(np.float32),
-                             reward=e["reward"], attrs=e["attrs"], ordinal=ordinal)
+                             reward=e["reward"], attrs=e["attrs"], ordinal=ordinal, header=rd.header)
                 rec._want = want
                 rec._rows = NR
                 self.pending = rec

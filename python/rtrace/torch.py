@@ -1,4 +1,6 @@
-"""Record the routing of Hugging Face transformers MoE models while they run (training engine).
+"""Record the routing of Hugging Face transformers MoE models while they run, and replay it.
+
+Training engine (one record per sequence per whole-sequence forward)::
 
     with rtrace.Writer("train.rtrace", model=rtrace.torch.geometry(hf_model),
                        engine=dict(name="transformers", role="train"), topk_weights_dtype="bf16") as w, \\
@@ -6,11 +8,19 @@
         rec.set_batch(uids=["a", "b"], prompt_lens=[12, 9])   # optional, before each forward
         hf_model(input_ids=ids, attention_mask=mask)
 
+Rollout engine (a KV-cached generation: a prefill, then one forward per sampled token)::
+
+    with rtrace.torch.record_routing(hf_model, w) as rec, rec.generation(uids=["a", "b"]) as g:
+        seqs = hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=64)
+        g.finish(tokens=[...])        # per sequence: prompt + completion, unpadded
+
+Replay into a trainer (R3 from a rollout trace, or R2): ``replay_routing`` (module ``._replay``).
+
 Forward hooks on each MoE block's router (its ``gate``) take the router's own outputs: the top-k
 expert ids in the router's slot order (the order the experts receive them), the weights after the
 router's own normalisation (and scaling), and optionally the logits. A pre/post hook pair on the
-model delimits one forward; when it ends, one record per sequence of the batch is written.
-Hooks only read: the model's outputs are unchanged.
+model delimits one forward; when it ends, one record per sequence of the batch is written (inside
+``rec.generation()``, when the generation ends). Hooks only read: the model's outputs are unchanged.
 
 Routers understood:
 
@@ -33,7 +43,8 @@ import numpy as np
 
 from .adapters import AdapterError, validate_ids
 
-__all__ = ["record_routing", "find_routers", "geometry", "RoutingRecorder", "AdapterError"]
+__all__ = ["record_routing", "replay_routing", "find_routers", "geometry", "RoutingRecorder", "RoutingReplay",
+           "AdapterError"]
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 # transformers 4.x blocks whose gate is a bare nn.Linear: the routing rule is the block's, known here
@@ -168,6 +179,7 @@ class RoutingRecorder:
         self._cur = {}
         self._inputs = None
         self._active = False
+        self._gen = None
 
     def _check_geometry(self, hm):
         cfg = _text_config(self.model)
@@ -271,6 +283,20 @@ class RoutingRecorder:
                                  None if logits is None or not self.want_logits else logits.detach().clone())
         return hook
 
+    @staticmethod
+    def _past(kwargs) -> int:
+        """Tokens already in the forward's KV cache (transformers 5.x passes it as ``cache``, before as
+        ``past_key_values``)."""
+        pkv = kwargs.get("cache")
+        if pkv is None:
+            pkv = kwargs.get("past_key_values")
+        if pkv is None:
+            return 0
+        try:
+            return int(pkv.get_seq_length()) if hasattr(pkv, "get_seq_length") else len(pkv)
+        except Exception:
+            return 0
+
     def _pre_hook(self, mod, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         emb = kwargs.get("inputs_embeds")
@@ -280,16 +306,13 @@ class RoutingRecorder:
         if ids is None and emb is None:
             raise AdapterError("record_routing: the forward has neither input_ids nor inputs_embeds")
         B, S = (ids.shape if ids is not None else emb.shape[:2])
-        pkv = kwargs.get("past_key_values")
-        past = 0
-        if pkv is not None:
-            try:
-                past = int(pkv.get_seq_length()) if hasattr(pkv, "get_seq_length") else len(pkv)
-            except Exception:
-                past = 0
-        if past:
+        past = self._past(kwargs)
+        if self._gen is not None:
+            mask = self._gen.begin(ids, mask, B, S, past)
+        elif past:
             raise AdapterError(f"record_routing records whole-sequence forwards (training, prefill); this "
-                               f"forward continues a KV cache of {past} tokens (use_cache / generate)")
+                               f"forward continues a KV cache of {past} tokens (use_cache / generate): "
+                               f"record a KV-cached generation inside rec.generation()")
         if mask is not None and (mask.ndim != 2 or tuple(mask.shape) != (B, S)):
             raise AdapterError(f"record_routing needs a [batch, seq] 0/1 attention_mask of shape {[B, S]}, "
                                f"got shape {list(mask.shape)}")
@@ -303,11 +326,15 @@ class RoutingRecorder:
     def _post_hook(self, mod, args, kwargs, out):
         try:
             if self._active:
-                self._emit()
+                if self._gen is not None:
+                    self._gen.add(*self._collect())
+                else:
+                    self._emit()
         finally:
             self._active = False
             self._cur = {}
-            self._batch = None
+            if self._gen is None:
+                self._batch = None
 
     @staticmethod
     def _np(t, dtype_name):
@@ -319,7 +346,9 @@ class RoutingRecorder:
             return t.numpy()
         return t.float().numpy()   # f32 exactly; the writer rounds to a narrower column type
 
-    def _emit(self):
+    def _collect(self):
+        """The forward's routing as numpy: ids [B, S, L, k], weights [B, S, L, k] or None, logits
+        [B, S, L, E] or None, tokens [B, S] or None, mask [B, S] bool."""
         import torch
         ids_in, mask, B, S = self._inputs
         missing = [l for l in self.layer_map if l not in self._cur]
@@ -342,6 +371,11 @@ class RoutingRecorder:
             lg = lg.reshape(B, S, L, self.E)
         tok = ids_in.detach().cpu().numpy() if ids_in is not None else None
         m = mask.detach().cpu().numpy() != 0 if mask is not None else np.ones((B, S), bool)
+        return ids, w, lg, tok, m
+
+    def _emit(self):
+        ids, w, lg, tok, m = self._collect()
+        B = ids.shape[0]
         meta = self._batch or {}
         recs = []
         for b in range(B):
@@ -365,6 +399,27 @@ class RoutingRecorder:
             self.writer.add(**r)
         self.step += 1
 
+    @contextlib.contextmanager
+    def generation(self, uids=None, prompt_lens=None, groups=None):
+        """Records one KV-cached generation: a prefill forward, then forwards that continue its cache
+        (one per sampled token, as ``generate`` or a hand-written loop runs them). Each forward's
+        routing is appended to its sequences (padding, from ``attention_mask``, left out); the records
+        are written when the block ends without an exception, one per sequence: call
+        ``g.finish(tokens=..., logprobs=..., rewards=..., attrs=...)`` on the yielded handle to give the
+        whole sequences (the last sampled token is never fed through the model, so only the caller
+        knows it; a sequence that ended early is cut there) and what else the records hold.
+        ``prompt_lens`` defaults to each prefill's unpadded length, ``uids`` to ``step<n>-<b>``."""
+        if self._gen is not None:
+            raise AdapterError("record_routing: a generation is already being recorded")
+        g = _Generation(self, uids, prompt_lens, groups)
+        self._gen = g
+        try:
+            yield g
+            if not g.done:
+                g.finish()
+        finally:
+            self._gen = None
+
     def attach(self):
         for li, _block, gate in self.routers:
             self.handles.append(gate.register_forward_hook(self._gate_hook(li)))
@@ -377,6 +432,113 @@ class RoutingRecorder:
             h.remove()
         self.handles = []
         self._active = False
+
+
+class _Generation:
+    """The sequences of one KV-cached generation being recorded (``RoutingRecorder.generation``)."""
+
+    def __init__(self, rec, uids, prompt_lens, groups):
+        self.rec, self.uids, self.prompt_lens, self.groups = rec, uids, prompt_lens, groups
+        self.B = None          # batch size, from the prefill
+        self.fed = 0           # columns of the KV cache so far (padding included)
+        self.done = False
+
+    def begin(self, ids, mask, B, S, past):
+        """Checks a forward against the generation; returns the [B, S] mask of its new tokens."""
+        if ids is None:
+            raise AdapterError("rec.generation() records tokens: call the model with input_ids")
+        if self.done:
+            raise AdapterError("rec.generation(): a forward after finish()")
+        if self.B is None:
+            if past:
+                raise AdapterError(f"rec.generation() starts with a prefill; this forward continues a KV cache of "
+                                   f"{past} tokens that the recorder did not see")
+            for key, v in (("uids", self.uids), ("prompt_lens", self.prompt_lens), ("groups", self.groups)):
+                if v is not None and len(v) != B:
+                    raise AdapterError(f"rec.generation(): {len(v)} {key} for a batch of {B} sequences")
+            self.B = B
+            self.tokens = [[] for _ in range(B)]
+            self.ids = [[] for _ in range(B)]
+            self.w = [[] for _ in range(B)]
+            self.lg = [[] for _ in range(B)]
+            self.prefill = [0] * B
+        else:
+            if B != self.B:
+                raise AdapterError(f"rec.generation(): a forward over {B} sequences, the prefill had {self.B}")
+            if past != self.fed:
+                raise AdapterError(f"rec.generation(): this forward continues a KV cache of {past} tokens, the "
+                                   f"generation has fed {self.fed} (a forward outside the recorder, or another cache)")
+        if mask is not None and hasattr(mask, "ndim") and mask.ndim == 2 and tuple(mask.shape) == (B, past + S) \
+                and past:
+            mask = mask[:, past:]          # generate passes the mask of the whole cache
+        return mask
+
+    def add(self, ids, w, lg, tok, m):
+        first = self.fed == 0
+        for b in range(self.B):
+            pos = np.flatnonzero(m[b])
+            self.tokens[b].append(tok[b, pos])
+            self.ids[b].append(ids[b, pos])
+            if w is not None:
+                self.w[b].append(w[b, pos])
+            if lg is not None:
+                self.lg[b].append(lg[b, pos])
+            if first:
+                self.prefill[b] = len(pos)
+        self.fed += ids.shape[1]
+
+    def finish(self, tokens=None, logprobs=None, rewards=None, attrs=None):
+        """Writes one record per sequence. ``tokens``: per sequence, its whole unpadded token sequence
+        (prompt + completion, the last sampled token included); the tokens fed through the model must
+        agree with it, and the record keeps ``len(tokens) - 1`` rows (a sequence that ended before the
+        last forward is cut there). Without ``tokens`` the record holds the fed tokens (and their rows
+        but the last, unless ``include_last``). ``logprobs``, ``rewards``, ``attrs``: per sequence."""
+        rec = self.rec
+        if self.done:
+            raise AdapterError("rec.generation(): finish() twice")
+        if self.B is None:
+            raise AdapterError("rec.generation(): finish() before any forward")
+        B = self.B
+        for key, v in (("tokens", tokens), ("logprobs", logprobs), ("rewards", rewards), ("attrs", attrs)):
+            if v is not None and len(v) != B:
+                raise AdapterError(f"finish: {len(v)} {key} for a batch of {B} sequences")
+        recs = []
+        for b in range(B):
+            uid = self.uids[b] if self.uids is not None else f"step{rec.step}-{b}"
+            fed = np.concatenate(self.tokens[b]).astype(np.int64)
+            rows_all = np.concatenate(self.ids[b])
+            if tokens is None:
+                seq = fed
+                n_rows = len(fed) if rec.include_last else max(len(fed) - 1, 0)
+            else:
+                t = tokens[b]
+                seq = np.asarray(t.detach().cpu().numpy() if hasattr(t, "detach") else t).astype(np.int64).reshape(-1)
+                c = min(len(seq), len(fed))
+                bad = np.flatnonzero(seq[:c] != fed[:c])
+                if len(bad):
+                    p = int(bad[0])
+                    raise AdapterError(f"record {uid!r}: token {p} is {int(seq[p])} in tokens, {int(fed[p])} was fed "
+                                       f"through the model")
+                if len(seq) > len(fed) + 1:
+                    raise AdapterError(f"record {uid!r}: {len(seq)} tokens, but only {len(fed)} were fed through the "
+                                       f"model (only the last sampled token may be missing)")
+                n_rows = min(len(fed), len(seq) if rec.include_last else len(seq) - 1)
+            rid = validate_ids(rows_all[:n_rows].astype(np.int64), rec.writer, what=f"record {uid!r}",
+                               allow_missing=False)
+            pl = int(self.prompt_lens[b]) if self.prompt_lens is not None else self.prefill[b]
+            if not 0 <= pl <= len(seq):
+                raise AdapterError(f"record {uid!r}: prompt_len {pl} outside 0..{len(seq)}")
+            recs.append(dict(uid=uid, tokens=seq, topk_ids=rid,
+                             topk_weights=np.concatenate(self.w[b])[:n_rows] if rec.want_w else None,
+                             router_logits=np.concatenate(self.lg[b])[:n_rows] if rec.want_logits else None,
+                             prompt_len=pl, group=None if self.groups is None else self.groups[b],
+                             reward=None if rewards is None else rewards[b],
+                             attrs=None if attrs is None else attrs[b],
+                             logprobs=None if logprobs is None else logprobs[b]))
+        self.done = True
+        for r in recs:     # all validated first
+            rec.writer.add(**r)
+        rec.step += 1
 
 
 @contextlib.contextmanager
@@ -396,3 +558,11 @@ def record_routing(model, writer, record_logits=None, include_last=False):
         yield rec
     finally:
         rec.detach()
+
+
+def __getattr__(name):
+    # the replay lives in ._replay (which imports this module): loaded on first use
+    if name in ("replay_routing", "RoutingReplay"):
+        from . import _replay
+        return getattr(_replay, name)
+    raise AttributeError(name)

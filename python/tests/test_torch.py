@@ -527,3 +527,133 @@ def test_indices_first_gate(tmp_path):
     i, wt, _ = m.layers[2].mlp.seen
     assert np.array_equal(a.topk_ids[:, 1], i[1:5].numpy()) and np.array_equal(b.topk_ids[:, 1], i[6:11].numpy())
     assert np.array_equal(b.topk_weights[:, 1], wt[6:11].detach().numpy())
+
+
+# KV-cached generation (rec.generation) ---------------------------------------------------------
+def _unpad(seqs, prompt_mask):
+    mask = torch.nn.functional.pad(prompt_mask, (0, seqs.shape[1] - prompt_mask.shape[1]), value=1)
+    return [s[m.bool()] for s, m in zip(seqs, mask)]
+
+
+def _whole_forward(model, seqs, tmp_path):
+    """record_routing over the finished sequences in one left-padded forward: the reference."""
+    S = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), S, dtype=torch.long)
+    mask = torch.zeros(len(seqs), S, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, S - len(s):], mask[b, S - len(s):] = s, 1
+    p = tmp_path / "whole.rtrace"
+    with rtrace.Writer(p, model=RT.geometry(model), engine=ENGINE, topk_weights_dtype="f32") as w:
+        with RT.record_routing(model, w):
+            model(input_ids=ids, attention_mask=mask)
+    return list(rtrace.Reader(p))
+
+
+@pytest.mark.parametrize("arch", ["qwen3_moe", "deepseek_v3"])
+def test_generation_with_generate_matches_whole_forward(arch, tmp_path):
+    """transformers' generate (prefill + one KV-cached forward per token, left-padded prompts): the records
+    hold the same tokens and routing as one whole-sequence forward over the finished sequences."""
+    model, _, _ = tiny(arch)
+    ids, mask = batch(3, 6, [6, 3, 5], "left", 30)
+    p = tmp_path / "gen.rtrace"
+    forwards = []
+    model.register_forward_pre_hook(lambda m, a, kw: forwards.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    with rtrace.Writer(p, model=RT.geometry(model), engine=ENGINE, topk_weights_dtype="f32") as w:
+        with RT.record_routing(model, w) as rec, rec.generation(uids=["a", "b", "c"], groups=["g", "g", "h"]) as g:
+            seqs = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False,
+                                  pad_token_id=0, eos_token_id=None)
+            g.finish(tokens=_unpad(seqs, mask), rewards=[1.0, 0.0, 0.5])
+    assert forwards == [6, 1, 1, 1]                       # a prefill and three cached steps
+    got = list(rtrace.Reader(p))
+    ref = _whole_forward(model, _unpad(seqs, mask), tmp_path)
+    assert [(r.uid, r.group, r.prompt_len, r.reward) for r in got] == [("a", "g", 6, 1.0), ("b", "g", 3, 0.0),
+                                                                       ("c", "h", 5, 0.5)]
+    for x, y in zip(got, ref):
+        assert np.array_equal(x.tokens, y.tokens) and x.n_rows == len(x.tokens) - 1
+        assert np.array_equal(x.topk_ids, y.topk_ids)
+        np.testing.assert_allclose(x.topk_weights, y.topk_weights, rtol=1e-5, atol=1e-6)
+
+
+def test_generation_hand_loop_early_stop_and_logprobs(tmp_path):
+    """A hand-written sampling loop with a DynamicCache; sequences that stopped early are cut by
+    finish(tokens=...), and logprobs go to the records."""
+    from transformers import DynamicCache
+    model, _, _ = tiny("olmoe")
+    ids, mask = batch(2, 4, [4, 4], "left", 31)
+    p = tmp_path / "loop.rtrace"
+    with rtrace.Writer(p, model=RT.geometry(model), engine=ENGINE, logprobs=True) as w:
+        with RT.record_routing(model, w) as rec, rec.generation() as g:
+            cache = DynamicCache(config=model.config)
+            x, m, seq = ids, mask, [ids]
+            for _ in range(4):
+                tok = model(input_ids=x, attention_mask=m, cache=cache, use_cache=True).logits[:, -1].argmax(-1, True)
+                seq.append(tok)
+                x, m = tok, torch.cat([m, torch.ones_like(tok)], 1)
+            full = torch.cat(seq, 1)                          # 4 + 4 tokens; the last one never fed
+            g.finish(tokens=[full[0], full[1, :6]], logprobs=[[-0.5] * 4, [-1.0, -2.0]])
+    a, b = rtrace.Reader(p)
+    assert (a.uid, b.uid) == ("step0-0", "step0-1") and (a.prompt_len, b.prompt_len) == (4, 4)
+    assert a.n_rows == 7 and b.n_rows == 5 and np.array_equal(b.tokens, full[1, :6].numpy())
+    assert a.logprobs.tolist() == [-0.5] * 4 and b.logprobs.tolist() == [-1.0, -2.0]
+    ref = _whole_forward(model, [full[0], full[1, :6]], tmp_path)
+    assert np.array_equal(a.topk_ids, ref[0].topk_ids) and np.array_equal(b.topk_ids, ref[1].topk_ids)
+
+
+def test_generation_errors(tmp_path):
+    from transformers import DynamicCache
+    model, _, _ = tiny("qwen3_moe")
+    ids, mask = batch(2, 5, [5, 5], "right", 32)
+    with _writer(tmp_path) as w:
+        with RT.record_routing(model, w) as rec:
+            cache = DynamicCache(config=model.config)
+            model(input_ids=ids[:, :2], cache=cache, use_cache=True)   # a prefill outside a generation: recorded as usual
+            assert w.records_written == 2
+            with pytest.raises(AdapterError, match=r"continues a KV cache of 2 tokens .* inside rec.generation\(\)"):
+                model(input_ids=ids[:, 2:3], cache=cache, use_cache=True)      # transformers 5.x's name: cache
+            with pytest.raises(AdapterError, match=r"starts with a prefill; this forward continues a KV cache of 2"):
+                with rec.generation():
+                    model(input_ids=ids[:, 2:3], cache=cache, use_cache=True)
+            with pytest.raises(AdapterError, match=r"continues a KV cache of 2 tokens, the generation has fed 3"):
+                with rec.generation():
+                    model(input_ids=ids[:, :3], use_cache=True)
+                    model(input_ids=ids[:, 3:4], cache=cache, use_cache=True)
+            with pytest.raises(AdapterError, match=r"a forward over 1 sequences, the prefill had 2"):
+                with rec.generation():
+                    c2 = DynamicCache(config=model.config)
+                    model(input_ids=ids[:, :3], cache=c2, use_cache=True)
+                    model(input_ids=ids[:1, 3:4], cache=c2, use_cache=True)
+            with rec.generation(uids=["p", "q"]) as g:
+                c3 = DynamicCache(config=model.config)
+                model(input_ids=ids[:, :3], cache=c3, use_cache=True)
+                bad = ids[1, :4].clone()
+                bad[1] += 1
+                with pytest.raises(AdapterError, match=rf"^record 'q': token 1 is {int(bad[1])} in tokens, "
+                                                       rf"{int(ids[1, 1])} was fed through the model$"):
+                    g.finish(tokens=[ids[0, :4], bad])
+                with pytest.raises(AdapterError, match=r"^record 'p': 5 tokens, but only 3 were fed"):
+                    g.finish(tokens=[ids[0], ids[1, :4]])
+                g.finish(tokens=[ids[0, :4], ids[1, :4]])
+            with pytest.raises(RuntimeError, match="stop"):               # an exception writes nothing
+                with rec.generation():
+                    model(input_ids=ids[:, :3], use_cache=True)
+                    raise RuntimeError("stop")
+        assert w.records_written == 4
+    recs = list(rtrace.Reader(tmp_path / "v.rtrace"))
+    assert [r.uid for r in recs][2:] == ["p", "q"] and recs[2].n_rows == 3
+
+
+def test_readme_generation_snippet_runs(tmp_path, monkeypatch):
+    """python/README.md's rollout-engine snippet, executed as written."""
+    text = open(os.path.join(HERE, "..", "README.md"), encoding="utf-8").read()
+    m = re.search(r"## Rollout engine.*?```python\n(.*?)```", text, re.S)
+    assert m, "python/README.md has no rollout engine snippet"
+    hf_model, _, _ = tiny("mixtral")
+    prompt_ids, prompt_mask = batch(2, 5, [5, 3], "left", 33)
+    monkeypatch.chdir(tmp_path)
+    hf_model.generation_config.pad_token_id = 0
+    hf_model.generation_config.eos_token_id = None        # 8 new tokens each
+    exec(compile(m.group(1), "README.md", "exec"), dict(hf_model=hf_model, prompt_ids=prompt_ids,
+                                                     prompt_mask=prompt_mask, batch_uids=["u0", "u1"]))
+    a, b = rtrace.Reader(tmp_path / "rollout.rtrace")
+    assert (a.uid, a.prompt_len, len(a.tokens), a.n_rows) == ("u0", 5, 13, 12)
+    assert (b.uid, b.prompt_len, len(b.tokens), b.n_rows) == ("u1", 3, 11, 10)
