@@ -205,6 +205,19 @@ static PyObject *call(PyObject *(*fn)(PyObject *, PyObject *), PyObject *args, i
     return NULL;
 }
 
+/* Slot code i of a column (§6.3: nibble-packed, low nibble first, 15 the new marker) as a byte code. */
+static unsigned ref_code(const uint8_t *codes, int packed, Py_ssize_t i)
+{
+    unsigned c = packed ? (codes[i / 2] >> (4 * (i & 1))) & 15 : codes[i];
+    return packed && c == 15 ? 0xFF : c;
+}
+
+/* New id i of ID_NEW (u8, or u16 little-endian). */
+static int32_t ref_new(const uint8_t *fresh, int width, Py_ssize_t i)
+{
+    return width == 1 ? fresh[i] : fresh[2 * i] | fresh[2 * i + 1] << 8;
+}
+
 /* The reference decoder of a chunk's ids, written from spec §6.2 (and §6.3 for packed codes): the
  * present (layer, row)s in coding order (each layer, each piece, each present row), a row's previous
  * row being the previous present row of its piece at its layer. Fills ref ([R, L, k] int32, -1 where
@@ -228,14 +241,11 @@ static int reference_chunk(const uint8_t *codes_in, int packed, Py_ssize_t n_cod
                     continue;
                 }
                 for (int j = 0; j < k; j++, entry++) {
-                    unsigned c = packed ? (codes_in[entry / 2] >> (4 * (entry & 1))) & 15 : codes_in[entry];
-                    if (packed && c == 15)
-                        c = 0xFF;
+                    unsigned c = ref_code(codes_in, packed, entry);
                     if (c == 0xFF) {
                         if (taken >= n_fresh)
                             return 0;
-                        o[j] = width == 1 ? fresh[taken] : fresh[2 * taken] | fresh[2 * taken + 1] << 8;
-                        taken++;
+                        o[j] = ref_new(fresh, width, taken++);
                     } else if (c < (unsigned)k && prev != NULL) {
                         o[j] = prev[c];
                     } else {
@@ -259,14 +269,11 @@ static int reference_rows(const uint8_t *codes_in, int packed, Py_ssize_t n_code
         return 0;
     for (Py_ssize_t entry = 0; entry < n_codes; entry++) {
         Py_ssize_t q = entry / k;
-        unsigned c = packed ? (codes_in[entry / 2] >> (4 * (entry & 1))) & 15 : codes_in[entry];
-        if (packed && c == 15)
-            c = 0xFF;
+        unsigned c = ref_code(codes_in, packed, entry);
         if (c == 0xFF) {
             if (taken >= n_fresh)
                 return 0;
-            ref[entry] = width == 1 ? fresh[taken] : fresh[2 * taken] | fresh[2 * taken + 1] << 8;
-            taken++;
+            ref[entry] = ref_new(fresh, width, taken++);
         } else if (c < (unsigned)k && q > 0 && valid[q]) {
             ref[entry] = ref[entry - k - entry % k + c];
         } else {
