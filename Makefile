@@ -13,7 +13,7 @@ BIN      := .build/debug/rtrace
 RELEASE  := .build/release/rtrace
 SAMPLES  := samples/qwen3moe-L6-E32-k4
 
-.PHONY: all deps build-deps system-deps python-deps engine-wheels distclean build release test test-aarch64 demo bench experiment experiment-torch clean fuzz fuzz-build fuzz-seeds fuzz-regressions
+.PHONY: all deps build-deps system-deps python-deps engine-wheels distclean build release test test-aarch64 demo bench experiment experiment-torch clean fuzz fuzz-build fuzz-seeds fuzz-regressions fuzz-python fuzz-python-build fuzz-python-regressions
 
 all: build
 
@@ -103,6 +103,7 @@ demo: build
 bench: deps release
 	$(PY) bench/format_bench.py --rtrace $(RELEASE)
 	$(PY) bench/diff_stats/bench.py --rtrace $(RELEASE)
+	$(PY) bench/idcoding/idcoding.py --rtrace $(RELEASE)
 	cd python && ../$(PY) setup.py -q build_ext --inplace
 	RTRACE_BIN=$(RELEASE) PYTHONPATH=python $(PY) python/bench_python.py
 	$(PY) bench/import/bench.py --rtrace $(RELEASE)
@@ -137,6 +138,43 @@ fuzz: fuzz-build
 	for f in samples/*/*.rtrace; do head -c 8192 $$f > fuzz/corpus/head8k-$$(basename $$(dirname $$f))-$$(basename $$f); done
 	cd fuzz && $(FUZZ_ENV) ./.build/$(FUZZ_CONFIG)/FuzzReader corpus -dict=rtrace.dict -max_len=8192 \
 	  -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=20 -print_final_stats=1 -artifact_prefix=artifacts/
+
+# Fuzzing the Python package's C decoder python/rtrace/_native.c (issue 16): libFuzzer + ASan, with the module
+# compiled into a binary that embeds the Python of .venv (fuzz/python-native/fuzz_native.c). Two targets: the
+# module's functions on arguments made from the input, checked against a reference decoder (the first quarter
+# of FUZZ_SECONDS), then rtrace.Reader over traces, the C decoder against numpy (the rest). Corpora in
+# fuzz/corpus-python/, crashes in fuzz/artifacts-python/; copy each into fuzz/regressions-python/ (replayed by
+# python/tests/test_fuzz_regressions.py and make fuzz-python-regressions). Needs clang with libFuzzer (the Swift
+# toolchain's) and Python's headers and shared library.
+FUZZ_CC      ?= clang
+FUZZ_PY_BIN  := .build/fuzz-python/fuzz_native
+FUZZ_PY_ENV  := RTRACE_FUZZ_DIR=$(CURDIR) ASAN_OPTIONS=detect_leaks=0:malloc_context_size=0:quarantine_size_mb=16:max_malloc_fill_size=0
+FUZZ_PY_ARGS := -detect_leaks=0 -rss_limit_mb=4096 -timeout=20 -print_final_stats=1 -artifact_prefix=../artifacts-python/
+
+fuzz-python-build: python-deps
+	mkdir -p .build/fuzz-python
+	inc=$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['include'])"); \
+	lib=$$($(PY) -c "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"); \
+	ver=$$($(PY) -c "import sys; print('%d.%d' % sys.version_info[:2])"); \
+	$(FUZZ_CC) -g -O1 -fuse-ld=lld -fsanitize=fuzzer,address -I$$inc fuzz/python-native/fuzz_native.c \
+	  -L$$lib -lpython$$ver -Wl,-rpath,$$lib -o $(FUZZ_PY_BIN)
+
+fuzz-python: fuzz-python-build
+	mkdir -p fuzz/corpus-python/reader fuzz/corpus-python/api fuzz/artifacts-python
+	cp fuzz/seeds/*.rtrace fuzz/regressions/* samples/*.rtrace fuzz/corpus-python/reader/
+	cp fuzz/regressions-python/reader/* fuzz/corpus-python/reader/ 2>/dev/null || true
+	cp fuzz/regressions-python/api/* fuzz/corpus-python/api/ 2>/dev/null || true
+	for f in samples/*/*.rtrace; do head -c 8192 $$f > fuzz/corpus-python/reader/head8k-$$(basename $$(dirname $$f))-$$(basename $$f); done
+	cd fuzz/corpus-python && RTRACE_FUZZ_TARGET=api $(FUZZ_PY_ENV) ../../$(FUZZ_PY_BIN) api -max_len=4096 \
+	  -max_total_time=$$(( ($(FUZZ_SECONDS) + 3) / 4 )) $(FUZZ_PY_ARGS)
+	cd fuzz/corpus-python && RTRACE_FUZZ_TARGET=reader $(FUZZ_PY_ENV) ../../$(FUZZ_PY_BIN) reader -dict=../rtrace.dict \
+	  -max_len=8192 -max_total_time=$$(( $(FUZZ_SECONDS) - ($(FUZZ_SECONDS) + 3) / 4 )) $(FUZZ_PY_ARGS)
+
+# Replays every kept crash of fuzz/regressions-python/ through the ASan build (the pytest replay runs the reader
+# ones without ASan).
+fuzz-python-regressions: fuzz-python-build
+	@for t in api reader; do if ls fuzz/regressions-python/$$t/* >/dev/null 2>&1; then \
+	  RTRACE_FUZZ_TARGET=$$t $(FUZZ_PY_ENV) $(FUZZ_PY_BIN) fuzz/regressions-python/$$t/* || exit 1; fi; done
 
 # Replays every kept crash through the fuzz target (the Swift test FaultTests/fuzzRegressions does the same).
 # The NEON path of the C id kernel, on this x86 machine: cross-compiled for aarch64, run under qemu
