@@ -188,6 +188,10 @@ struct Export: ParsableCommand {
         discussion: """
             Writes the arrays import reads; ragged traces add n_rows, n_tokens, n_logprobs, start, uids,
             groups and rewards arrays. bf16 columns are written as uint16 bit patterns.
+            Streams: topk_ids is written as the records are read when the trace is a complete file (its index
+            gives the shape); the other arrays, and topk_ids from a pipe, go through temporary files in $TMPDIR
+            (as much free disk as those arrays take). Memory: one record plus per-sequence values. Output is
+            a zip that np.load reads (ZIP64 past 2 GiB), to a file or standard output.
             Example: rtrace export --to npz rollout.rtrace -o rollout.npz
             """)
 
@@ -200,9 +204,14 @@ struct Export: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
+            // Streamed: topk_ids as the records arrive when the index gives its shape, the other arrays
+            // through temporary files (NpzExport).
             let r = try TraceReader(path: input)
-            let records = try r.readAll()
-            try Npz.write(NpzConversion.makeArrays(header: r.header, records: records), path: output, compress: compress)
+            let sink = try OutputSink(path: output)
+            let export = try NpzExport(header: r.header, sink: sink, compress: compress, layout: r.index.map(NpzExport.Layout.init))
+            try r.forEachRecord { try export.add($0) }
+            try export.finish()
+            try sink.close()
             for n in r.notices { note("rtrace: notice: \(n)") }
         }
     }
