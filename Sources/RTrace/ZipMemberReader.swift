@@ -149,14 +149,7 @@ final class InputByteSource: ByteSource {
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(TraceError) -> Int {
-        var got = 0
-        while got < buffer.count {
-            let b = try source.read(upTo: min(buffer.count - got, 1 << 20))
-            if b.isEmpty { break }
-            b.withUnsafeBytes { buffer.baseAddress!.advanced(by: got).copyMemory(from: $0.baseAddress!, byteCount: b.count) }
-            got += b.count
-        }
-        return got
+        try source.read(into: buffer)
     }
 
     func finish(declared: Int) throws(TraceError) {
