@@ -230,20 +230,12 @@ public final class NpzImport {
         try logits?.skip((R - rows) * LA * E)
 
         var toks: [Int32] = []
-        if let t = tokens {
-            try t.read(T, into: &raw)
-            let nt = nTokens.map { at($0, s) } ?? T
-            guard nt >= 0, nt <= T else { throw bad("n_tokens[\(s)] = \(nt) is outside 0…\(T)") }
-            let row = NpyArray(dtype: t.header.dtype, shape: [T], data: raw)
-            toks = (0..<nt).map { Int32(truncatingIfNeeded: row.int($0)) }
+        if let (row, n) = try row(tokens, width: T, count: nTokens, "n_tokens", s) {
+            toks = (0..<n).map { Int32(truncatingIfNeeded: row.int($0)) }
         }
         var lps: [Float] = []
-        if let l = logprobs {
-            try l.read(N, into: &raw)
-            let nl = nLogprobs.map { at($0, s) } ?? N
-            guard nl >= 0, nl <= N else { throw bad("n_logprobs[\(s)] = \(nl) is outside 0…\(N)") }
-            let row = NpyArray(dtype: l.header.dtype, shape: [N], data: raw)
-            lps = (0..<nl).map { Float(row.double($0)) }
+        if let (row, n) = try row(logprobs, width: N, count: nLogprobs, "n_logprobs", s) {
+            lps = (0..<n).map { Float(row.double($0)) }
         }
         var reward: Double? = nil
         if let rw = rewards { let v = rw.shape.isEmpty ? rw.double(0) : rw.double(s); if !v.isNaN { reward = v } }
@@ -257,6 +249,16 @@ public final class NpzImport {
             logprobs: lps, reward: reward)
         do { try rec.validateShape(header) } catch { throw bad("sequence \(s): \(error.message)") }
         return rec
+    }
+
+    /// Sequence `s`'s row of a `[seqs, width]` array (tokens, logprobs) and how many of its values are
+    /// the sequence's (`count[s]`, else all); nil without the array.
+    private func row(_ c: NpyStream?, width: Int, count: NpyArray?, _ countName: String, _ s: Int) throws(TraceError) -> (NpyArray, Int)? {
+        guard let c else { return nil }
+        try c.read(width, into: &raw)
+        let n = count.map { at($0, s) } ?? width
+        guard n >= 0, n <= width else { throw bad("\(countName)[\(s)] = \(n) is outside 0…\(width)") }
+        return (NpyArray(dtype: c.header.dtype, shape: [width], data: raw), n)
     }
 
     /// Checks and stores the ids of `rows` rows (in `raw`) from `firstRow` of sequence `s`.

@@ -130,6 +130,21 @@ private func writeNpz(_ name: String, _ arrays: [String: NpyArray], compress: Bo
     return p
 }
 
+/// Writes a zip of `members` (name, bytes, deflated) with ZipWriter and returns its path.
+private func writeZip(_ name: String, _ members: [(String, [UInt8], Bool)]) throws -> String {
+    let p = tempPath(name)
+    let sink = try OutputSink(path: p)
+    let zw = ZipWriter(sink: sink)
+    for (member, data, compress) in members {
+        try zw.begin(member, size: data.count, compress: compress)
+        try zw.write(data)
+        try zw.end()
+    }
+    try zw.finish()
+    try sink.close()
+    return p
+}
+
 /// The bytes of the file at `path`.
 private func bytes(_ path: String) throws -> [UInt8] { [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) }
 
@@ -239,14 +254,7 @@ private func offsets(of signature: UInt32, in b: [UInt8]) -> [Int] {
         let declared = NpyHeader(dtype: "i4", shape: [1, 1_000_000, 48, 8])
         let h = declared.encoded()
         let member = h + [UInt8](repeating: 0, count: 1 << 20)
-        let path = tempPath("bomb-declares.npz")
-        let sink = try OutputSink(path: path)
-        let zw = ZipWriter(sink: sink)
-        try zw.begin("topk_ids.npy", size: member.count, compress: true)
-        try zw.write(member)
-        try zw.end()
-        try zw.finish()
-        try sink.close()
+        let path = try writeZip("bomb-declares.npz", [("topk_ids.npy", member, true)])
         #expect(try bytes(path).count < 8 << 10, "1 MiB of zeros deflates to a few KB")
         var o = ImportOptions()
         o.numExperts = 128
@@ -266,15 +274,7 @@ private func offsets(of signature: UInt32, in b: [UInt8]) -> [Int] {
         var rng = TestRNG(5)
         let small = NpyHeader(dtype: "u1", shape: [40_000])
         let short = small.encoded() + randomBytes(&rng, 30_000)
-        let p3 = tempPath("bomb-short.npz")
-        let s3 = try OutputSink(path: p3)
-        let z3 = ZipWriter(sink: s3)
-        try z3.begin("x.npy", size: short.count, compress: true)
-        try z3.write(short)
-        try z3.end()
-        try z3.finish()
-        try s3.close()
-        var b3 = try bytes(p3)
+        var b3 = try bytes(try writeZip("bomb-short.npz", [("x.npy", short, true)]))
         let cd3 = try #require(offsets(of: 0x0201_4B50, in: b3).first)
         storeU32(UInt32(small.encoded().count + 40_000), &b3, cd3 + 24)
         let p3b = writeTemp("bomb-short-lying.npz", b3)
@@ -297,14 +297,8 @@ private func offsets(of signature: UInt32, in b: [UInt8]) -> [Int] {
         let npy = ids.npyBytes()
         let extra = 8 << 20
         let member = npy + [UInt8](repeating: 0, count: extra)
-        let path = tempPath("bomb-holds.npz")
-        let sink = try OutputSink(path: path)
-        let zw = ZipWriter(sink: sink)
-        try zw.begin("topk_ids.npy", size: member.count, compress: true)
-        try zw.write(member)
-        try zw.end()
-        try Npz.write([("tokens", arrays["tokens"]!), ("prompt_len", arrays["prompt_len"]!)], to: zw, compress: false)
-        try sink.close()
+        let path = try writeZip("bomb-holds.npz", [("topk_ids.npy", member, true), ("tokens.npy", arrays["tokens"]!.npyBytes(), false),
+                                                   ("prompt_len.npy", arrays["prompt_len"]!.npyBytes(), false)])
         // The directory says what the header says (CRC of the declared bytes too): only the stream holds more.
         var b = try bytes(path)
         let cd = try #require(offsets(of: 0x0201_4B50, in: b).first)
