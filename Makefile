@@ -104,6 +104,7 @@ bench: deps release
 	$(PY) bench/format_bench.py --rtrace $(RELEASE)
 	$(PY) bench/diff_stats/bench.py --rtrace $(RELEASE)
 	$(PY) bench/idcoding/idcoding.py --rtrace $(RELEASE)
+	$(PY) bench/npz/bench.py --rtrace $(RELEASE)
 	cd python && ../$(PY) setup.py -q build_ext --inplace
 	RTRACE_BIN=$(RELEASE) PYTHONPATH=python $(PY) python/bench_python.py
 	$(PY) bench/import/bench.py --rtrace $(RELEASE)

@@ -10,10 +10,9 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/weichsel/ZIPFoundation", from: "0.9.20"),
     ],
     targets: [
-        // zlib (deflate, inflate, crc32) from the system: apt-get install zlib1g-dev. (ZIPFoundation owns the name CZlib.)
+        // zlib (deflate, and the streaming inflate of npz members) from the system: apt-get install zlib1g-dev.
         .systemLibrary(
             name: "CRTraceZlib",
             pkgConfig: "zlib",
@@ -31,14 +30,13 @@ let package = Package(
             name: "CRTraceSIMD"
         ),
 
-        // The .rtrace format: header, chunks, codecs, index, reader, writer, validation, npz/npy.
+        // The .rtrace format: header, chunks, codecs, index, reader, writer, validation; npz/npy (zip, ZIP64) streaming.
         .target(
             name: "RTrace",
             dependencies: [
                 "CRTraceZlib",
                 "CRTraceDeflate",
                 "CRTraceSIMD",
-                .product(name: "ZIPFoundation", package: "ZIPFoundation"),
             ]
         ),
         .testTarget(

@@ -40,17 +40,21 @@ public final class OutputSink {
 
     /// Writes all of `bytes`, retrying partial writes; throws `io` naming the file and offset.
     public func write(_ bytes: [UInt8]) throws(TraceError) {
+        try withBytes(bytes) { raw throws(TraceError) in try write(raw) }
+    }
+
+    /// Writes all of `raw`, retrying partial writes; throws `io` naming the file and offset.
+    public func write(_ raw: UnsafeRawBufferPointer) throws(TraceError) {
         var done = 0
-        let err: Int32 = bytes.withUnsafeBytes { raw in
-            while done < raw.count {
-                let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return errno
-                }
-                done += n
+        var err: Int32 = 0
+        while done < raw.count {
+            let n = Glibc.write(fd, raw.baseAddress! + done, raw.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                err = errno
+                break
             }
-            return 0
+            done += n
         }
         offset += done
         if err != 0 {
@@ -95,25 +99,29 @@ public final class InputSource {
     }
 
     /// Opens `path` (`-` = standard input).
-    public init(path: String) throws(TraceError) {
-        memory = nil
-        name = path
+    public convenience init(path: String) throws(TraceError) {
         if path == "-" {
-            fd = STDIN_FILENO
-            owned = false
-        } else {
-            let f = open(path, O_RDONLY | O_CLOEXEC)
-            guard f >= 0 else { throw TraceError(.io, "cannot open: \(errnoText())", file: path) }
-            fd = f
-            owned = true
+            try self.init(descriptor: STDIN_FILENO, owned: false, name: path)
+            return
         }
+        let f = open(path, O_RDONLY | O_CLOEXEC)
+        guard f >= 0 else { throw TraceError(.io, "cannot open: \(errnoText())", file: path) }
+        try self.init(descriptor: f, owned: true, name: path)
+    }
+
+    /// Reads an open descriptor, closed with the source when `owned`; `name` is what errors call it.
+    public init(descriptor: Int32, owned: Bool, name: String) throws(TraceError) {
+        memory = nil
+        self.name = name
+        fd = descriptor
+        self.owned = owned
         var st = stat()
         if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG {
             size = Int(st.st_size)
-            if path == "-" { position = Int(lseek(fd, 0, SEEK_CUR)) }
+            if !owned { position = Int(lseek(fd, 0, SEEK_CUR)) }
         } else if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
             if owned { _ = Glibc.close(fd) }
-            throw TraceError(.io, "is a directory, not a trace file", file: path)
+            throw TraceError(.io, "is a directory, not a trace file", file: name)
         } else {
             size = nil
         }
@@ -209,6 +217,29 @@ public final class InputSource {
         if err != 0 { throw TraceError(.io, "read failed: \(String(cString: strerror(err)))", file: name, offset: offset + got) }
         if got < count { out.removeSubrange(got...) }
         return out
+    }
+
+    /// Reads up to `buffer.count` bytes at `offset` of a regular file into `buffer`, without
+    /// allocating; returns how many (fewer only at end of file).
+    public func read(at offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(TraceError) -> Int {
+        precondition(isSeekable, "positioned read on a pipe")
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return 0 }
+        if let memory {
+            let lo = min(max(0, offset), memory.count), n = min(buffer.count, memory.count - lo)
+            if n > 0 { memory.withUnsafeBytes { base.copyMemory(from: $0.baseAddress! + lo, byteCount: n) } }
+            return n
+        }
+        var got = 0
+        while got < buffer.count {
+            let n = pread(fd, base + got, buffer.count - got, off_t(offset + got))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw TraceError(.io, "read failed: \(errnoText())", file: name, offset: offset + got)
+            }
+            if n == 0 { break }
+            got += n
+        }
+        return got
     }
 
     /// Moves the sequential position of a regular file.

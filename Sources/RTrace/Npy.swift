@@ -86,38 +86,89 @@ public struct NpyArray: Sendable, Equatable {
         return NpyArray(dtype: dtype, shape: shape, data: w.bytes)
     }
 
+    /// The `.npy` header of this array.
+    public var header: NpyHeader { NpyHeader(dtype: dtype, shape: shape) }
+
     /// The `.npy` file bytes (format 1.0, or 2.0 for a header over 64 KiB).
-    public func npyBytes() -> [UInt8] {
-        let descr: String
-        if dtype.hasPrefix("U") { descr = "<\(dtype)" } else if dtype == "b1" { descr = "|b1" } else if itemSize == 1 { descr = "|\(dtype)" } else { descr = "<\(dtype)" }
-        let shapeText = shape.isEmpty ? "()" : shape.count == 1 ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
-        var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': \(shapeText), }"
-        let pre = 10
-        let total = ((pre + header.utf8.count + 1 + 63) / 64) * 64
-        header += String(repeating: " ", count: total - pre - header.utf8.count - 1) + "\n"
-        var w = ByteWriter(capacity: total + data.count)
-        w.append([0x93] + Array("NUMPY".utf8) + [1, 0])
-        w.u16(UInt16(header.utf8.count))
-        w.append(Array(header.utf8))
-        w.append(data)
-        return w.bytes
-    }
+    public func npyBytes() -> [UInt8] { header.encoded() + data }
 
     /// Parses `.npy` bytes; `name` is used in errors.
     public static func parse(_ b: [UInt8], name: String) throws(TraceError) -> NpyArray {
+        let (h, hl) = try NpyHeader.parse(b, name: name)
+        guard hl + h.dataSize <= b.count else {
+            throw TraceError(.invalidInput, "\(name): data is truncated: shape \(h.shape) needs \(h.dataSize) bytes, \(b.count - hl) present")
+        }
+        return NpyArray(dtype: h.dtype, shape: h.shape, data: Array(b[hl..<(hl + h.dataSize)]))
+    }
+}
+
+/// What a `.npy` header says: the element type and the shape (C order, little-endian).
+public struct NpyHeader: Sendable, Equatable {
+    /// The normalised element type (see ``NpyArray/dtype``).
+    public var dtype: String
+    public var shape: [Int]
+
+    public init(dtype: String, shape: [Int]) {
+        self.dtype = dtype
+        self.shape = shape
+    }
+
+    /// Elements (1 for a scalar).
+    public var count: Int { shape.reduce(1, *) }
+    /// Bytes per element.
+    public var itemSize: Int { NpyArray(dtype: dtype, shape: [], data: []).itemSize }
+    /// Bytes of element data after the header.
+    public var dataSize: Int { count * itemSize }
+    /// Whether the elements are integers (signed, unsigned or bool).
+    public var isInteger: Bool { dtype.first == "i" || dtype.first == "u" || dtype == "b1" }
+
+    /// Headers longer than this are refused (numpy's own reader stops at 10,000 bytes).
+    static let maxLength = 1 << 20
+    /// Arrays of more data than this are refused (1 TiB).
+    static let maxDataSize = 1 << 40
+
+    /// The header bytes, magic to padding, such that the data starts on a 64-byte boundary
+    /// (format 1.0, or 2.0 when the text is over 64 KiB).
+    public func encoded() -> [UInt8] {
+        let item = itemSize
+        let descr: String
+        if dtype.hasPrefix("U") { descr = "<\(dtype)" } else if dtype == "b1" { descr = "|b1" } else if item == 1 { descr = "|\(dtype)" } else { descr = "<\(dtype)" }
+        let shapeText = shape.isEmpty ? "()" : shape.count == 1 ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
+        var text = "{'descr': '\(descr)', 'fortran_order': False, 'shape': \(shapeText), }"
+        let v2 = text.utf8.count + 11 > 65_535
+        let pre = v2 ? 12 : 10
+        let total = ((pre + text.utf8.count + 1 + 63) / 64) * 64
+        text += String(repeating: " ", count: total - pre - text.utf8.count - 1) + "\n"
+        var w = ByteWriter(capacity: total)
+        w.append([0x93] + Array("NUMPY".utf8) + [v2 ? 2 : 1, 0])
+        if v2 { w.u32(UInt32(text.utf8.count)) } else { w.u16(UInt16(text.utf8.count)) }
+        w.append(Array(text.utf8))
+        return w.bytes
+    }
+
+    /// The total header length (magic to padding) given its first 12 bytes (10 suffice for format 1.0).
+    static func length(prefix b: [UInt8], name: String) throws(TraceError) -> Int {
         func bad(_ m: String) -> TraceError { TraceError(.invalidInput, "\(name): \(m)") }
         guard b.count >= 10, b[0] == 0x93, Array(b[1..<6]) == Array("NUMPY".utf8) else { throw bad("not an .npy array (no \\x93NUMPY magic)") }
-        let major = b[6]
-        var hl: Int, off: Int
-        switch major {
-        case 1: hl = Int(loadU16(b, 8)); off = 10
+        let n: Int
+        switch b[6] {
+        case 1: n = 10 + Int(loadU16(b, 8))
         case 2, 3:
             guard b.count >= 12 else { throw bad("truncated .npy header") }
-            hl = Int(loadU32(b, 8)); off = 12
-        default: throw bad("unsupported .npy version \(major)")
+            n = 12 + Int(loadU32(b, 8))
+        default: throw bad("unsupported .npy version \(b[6])")
         }
-        guard off + hl <= b.count else { throw bad("truncated .npy header") }
-        let h = String(decoding: b[off..<off + hl], as: UTF8.self)
+        guard n <= maxLength else { throw TraceError(.limit, "\(name): .npy header of \(n) bytes exceeds \(maxLength)") }
+        return n
+    }
+
+    /// Parses the header at the start of `b` (which holds all of it); returns it and its length.
+    public static func parse(_ b: [UInt8], name: String) throws(TraceError) -> (NpyHeader, Int) {
+        func bad(_ m: String) -> TraceError { TraceError(.invalidInput, "\(name): \(m)") }
+        let total = try length(prefix: b, name: name)
+        let off = b[6] == 1 ? 10 : 12
+        guard total <= b.count else { throw bad("truncated .npy header") }
+        let h = String(decoding: b[off..<total], as: UTF8.self)
         func field(_ key: String) -> Substring? {
             guard let r = h.range(of: "'\(key)':") else { return nil }
             return h[r.upperBound...].drop { $0 == " " }
@@ -136,25 +187,23 @@ public struct NpyArray: Sendable, Equatable {
             guard let v = Int(t), v >= 0 else { throw bad("bad shape entry \(t)") }
             shape.append(v)
         }
-        let order = descr.first!
+        guard let order = descr.first else { throw bad("empty descr") }
         var kind = String(descr.dropFirst())
         if order == ">" && !kind.hasSuffix("1") { throw bad("big-endian dtype \(descr) is not supported") }
         if !"<>|=".contains(order) { kind = descr }
         if kind == "?" { kind = "b1" }
         let known = ["i1", "u1", "b1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8"]
-        guard known.contains(kind) || (kind.hasPrefix("U") && Int(kind.dropFirst()) != nil) else {
+        guard known.contains(kind) || (kind.hasPrefix("U") && (1...(1 << 24)).contains(Int(kind.dropFirst()) ?? 0)) else {
             throw bad("unsupported dtype \(descr)")
         }
-        var a = NpyArray(dtype: kind, shape: shape, data: [])
-        var n = a.itemSize
+        let header = NpyHeader(dtype: kind, shape: shape)
+        var n = header.itemSize
         for s in shape {
             let (m, o) = n.multipliedReportingOverflow(by: s)
-            guard !o, m <= 1 << 40 else { throw bad("shape \(shape) is too large") }
+            guard !o, m <= maxDataSize else { throw bad("shape \(shape) is too large") }
             n = m
         }
-        guard off + hl + n <= b.count else { throw bad("data is truncated: shape \(shape) needs \(n) bytes, \(b.count - off - hl) present") }
-        a.data = Array(b[(off + hl)..<(off + hl + n)])
-        return a
+        return (header, total)
     }
 }
 

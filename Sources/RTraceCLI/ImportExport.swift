@@ -13,6 +13,10 @@ struct Import: ParsableCommand {
             (scalar or per sequence). Sequence i gets uid i (or --uid-prefix + i). With --layer-map, a layer
             axis of all decoder layers is reduced to the MoE layers.
             npy: a single topk_ids array.
+            npz and npy stream: memory is one sequence and one chunk, whatever the dump's size. An npz from
+            standard input or a pipe is first copied to a temporary file in $TMPDIR (a zip's directory is at its
+            end; it needs the npz's size of free disk). A member whose .npy header disagrees with the zip
+            directory, or that holds more or less than it declares, is refused naming the member.
             The engine layouts (one response or output per line; each record is written as it is parsed, so memory
             stays at one line plus one chunk). Rows are positions start .. T-2 of a T-token sequence: no engine routes
             the last token, and no filler, padding or zero fill is imported.
@@ -91,24 +95,10 @@ struct Import: ParsableCommand {
             o.uidPrefix = uidPrefix
             o.validate = !noValidate
             o.attributes = try attributes()
-            var arrays: [String: NpyArray]
-            if from == .npy {
-                let s = try InputSource(path: input)
-                var bytes: [UInt8] = []
-                while true { let b = try s.read(upTo: 1 << 20); if b.isEmpty { break }; bytes += b }
-                arrays = ["topk_ids": try NpyArray.parse(bytes, name: input)]
-            } else {
-                arrays = try Npz.read(path: input)
-            }
-            if o.numLayers == nil, let m = o.layerMap, let ids = arrays["topk_ids"] {
-                // With a layer map and no --num-layers, an axis longer than the map is the decoder axis.
-                let axis = ids.shape.count >= 3 ? ids.shape[ids.shape.count - 2] : 0
-                o.numLayers = axis > m.count ? axis : (m.last ?? 0) + 1
-            }
-            let (header, records) = try NpzConversion.makeTrace(arrays, options: o)
-            arrays.removeAll()
-            let w = try TraceWriter(path: output, header: header, options: WriterOptions(chunkBytes: chunkBytes))
-            for r in records { try w.append(r) }
+            // Streamed a sequence at a time (memory: one sequence and one chunk); see NpzImport.
+            let source = try from == .npy ? NpzImport(npy: input, options: o) : NpzImport(npz: input, options: o)
+            let w = try TraceWriter(path: output, header: source.header, options: WriterOptions(chunkBytes: chunkBytes))
+            while let r = try source.next() { try w.append(r) }
             try w.close()
         }
     }
@@ -198,6 +188,10 @@ struct Export: ParsableCommand {
         discussion: """
             Writes the arrays import reads; ragged traces add n_rows, n_tokens, n_logprobs, start, uids,
             groups and rewards arrays. bf16 columns are written as uint16 bit patterns.
+            Streams: topk_ids is written as the records are read when the trace is a complete file (its index
+            gives the shape); the other arrays, and topk_ids from a pipe, go through temporary files in $TMPDIR
+            (as much free disk as those arrays take). Memory: one record plus per-sequence values. Output is
+            a zip that np.load reads (ZIP64 past 2 GiB), to a file or standard output.
             Example: rtrace export --to npz rollout.rtrace -o rollout.npz
             """)
 
@@ -210,9 +204,14 @@ struct Export: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
+            // Streamed: topk_ids as the records arrive when the index gives its shape, the other arrays
+            // through temporary files (NpzExport).
             let r = try TraceReader(path: input)
-            let records = try r.readAll()
-            try Npz.write(NpzConversion.makeArrays(header: r.header, records: records), path: output, compress: compress)
+            let sink = try OutputSink(path: output)
+            let export = try NpzExport(header: r.header, sink: sink, compress: compress, layout: r.index.map(NpzExport.Layout.init))
+            try r.forEachRecord { try export.add($0) }
+            try export.finish()
+            try sink.close()
             for n in r.notices { note("rtrace: notice: \(n)") }
         }
     }

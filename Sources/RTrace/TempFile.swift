@@ -1,0 +1,72 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A temporary file in `$TMPDIR` (default `/tmp`), removed from the directory as soon as it is
+/// created, so nothing is left behind however the process ends: written in order, then read back.
+///
+/// `rtrace import --from npz -` spools standard input into one (a zip's directory is at its end),
+/// and `rtrace export --to npz` spools the arrays after the first into them while it writes the first.
+final class TempFile {
+    /// The descriptor, open for reading and writing.
+    let fd: Int32
+    /// What the file holds, for errors.
+    let what: String
+    /// Bytes written so far.
+    private(set) var size = 0
+    /// Where the next sequential read starts.
+    private var readOffset = 0
+
+    /// The directory temporary files go to.
+    static var directory: String {
+        if let t = getenv("TMPDIR"), t.pointee != 0 { return String(cString: t) }
+        return "/tmp"
+    }
+
+    /// Creates an empty temporary file; `what` names it in errors.
+    init(what: String) throws(TraceError) {
+        let dir = TempFile.directory
+        var template = Array("\(dir)/rtrace-spool-XXXXXX".utf8CString)
+        let f = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard f >= 0 else { throw TraceError(.io, "cannot create a temporary file for \(what) in \(dir): \(errnoText()) (set TMPDIR)") }
+        template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) }
+        fd = f
+        self.what = what
+    }
+
+    deinit { _ = close(fd) }
+
+    /// Appends `bytes`.
+    func write(_ bytes: UnsafeRawBufferPointer) throws(TraceError) {
+        guard let base = bytes.baseAddress else { return }
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, base + done, bytes.count - done, off_t(size + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw TraceError(.io, "cannot write the temporary file for \(what) in \(TempFile.directory) after \(size + done) bytes: \(errnoText()) (set TMPDIR to a larger disk)")
+            }
+            done += n
+        }
+        size += done
+    }
+
+    /// Reads up to `buffer.count` bytes from the sequential read position; fewer only at the end.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(TraceError) -> Int {
+        guard let base = buffer.baseAddress else { return 0 }
+        var got = 0
+        while got < buffer.count {
+            let n = pread(fd, base + got, buffer.count - got, off_t(readOffset + got))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw TraceError(.io, "cannot read back the temporary file for \(what): \(errnoText())")
+            }
+            if n == 0 { break }
+            got += n
+        }
+        readOffset += got
+        return got
+    }
+}
