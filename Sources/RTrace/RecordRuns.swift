@@ -48,7 +48,7 @@ extension TraceIndex {
 /// ```swift
 /// let rs = try paths.map { try TraceReader(path: $0) }
 /// let steps = rs[1].index!.recordRuns().reversed().map { (reader: 1, run: $0) }
-/// try RecordRunReader(readers: rs).forEachRecord(steps) { step, rec in print(step, rec.uid) }
+/// try RecordRunReader(readers: rs).forEachRecord(steps) { step, ordinal, rec in print(step, ordinal, rec.uid) }
 /// ```
 public final class RecordRunReader {
     /// The files; each must have an index (``TraceReader/index``).
@@ -76,16 +76,17 @@ public final class RecordRunReader {
         var step: Int, reader: Int, chunk: Int, offset: Int, reuse: Bool, keep: Bool
     }
 
-    /// Chunks decoded by the last ``forEachRecord(_:_:)``: each chunk two consecutive runs share counts once.
+    /// Chunks decoded by the last ``forEachRecord(_:_:)``: a chunk decoded twice counts twice.
     public private(set) var chunksDecoded = 0
 
-    /// Calls `body(step, record)` for every record of every step's run: steps in the order given,
-    /// records in file order within a run. `step` indexes `steps`. A chunk that ends one step and
-    /// begins the next is read and decoded once.
+    /// Calls `body(step, ordinal, record)` for every record of every step's run: steps in the order
+    /// given, records in file order within a run. `step` indexes `steps`; `ordinal` is the record's
+    /// in its file. A chunk two runs of a file share is read and decoded once when the runs come
+    /// within ``reuseDistance`` steps.
     ///
     /// Throws at the first damage, naming the file and offset; a run that does not hold the records
     /// the index says it holds is an error too.
-    public func forEachRecord(_ steps: [(reader: Int, run: RecordRun)], _ body: (Int, TraceRecord) throws -> Void) throws {
+    public func forEachRecord(_ steps: [(reader: Int, run: RecordRun)], _ body: (_ step: Int, _ ordinal: Int, _ record: TraceRecord) throws -> Void) throws {
         let decoders = readers.map { ChunkDecoder(header: $0.header) }
         var nextStep = 0, nextChunk = 0
         var inflight: (slots: [Slot], job: MixedDecode)? = nil
@@ -145,7 +146,7 @@ public final class RecordRunReader {
                 case .success(let d):
                     try assembler!.add(d, at: s.offset) { rec in
                         emitted += 1
-                        try body(s.step, rec)
+                        try body(s.step, steps[s.step].run.records.lowerBound + emitted - 1, rec)
                     }
                 case .failure(let e):
                     throw e.shifted(by: s.offset).inFile(r.source.name)

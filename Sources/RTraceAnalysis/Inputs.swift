@@ -55,6 +55,7 @@ final class BoundedChannel<Element>: @unchecked Sendable {
     private let maxWeight: Int
     private let weigh: ((Element) -> Int)?
     private var weight = 0
+    private var waitingPutters = 0, waitingTakers = 0
 
     init(capacity: Int = 64, maxWeight: Int = .max, weight: ((Element) -> Int)? = nil) {
         self.capacity = capacity
@@ -78,12 +79,17 @@ final class BoundedChannel<Element>: @unchecked Sendable {
         let w = weigh?(r) ?? 0
         cond.lock()
         defer { cond.unlock() }
-        while (items.count - head >= capacity || (items.count > head && weight + w > maxWeight)) && !cancelled { cond.wait() }
+        while (items.count - head >= capacity || (items.count > head && weight + w > maxWeight)) && !cancelled {
+            waitingPutters += 1
+            cond.wait()
+            waitingPutters -= 1
+        }
         if cancelled { throw Cancelled() }
         items.append(r)
         weights.append(w)
         weight += w
-        cond.broadcast()
+        // Wake the consumer only when it waits (a signal per item costs a context switch each).
+        if waitingTakers > 0 { cond.broadcast() }
     }
 
     /// Stops the producer (its next put throws) and drops queued items.
@@ -110,7 +116,11 @@ final class BoundedChannel<Element>: @unchecked Sendable {
     func take() throws -> Element? {
         cond.lock()
         defer { cond.unlock() }
-        while head == items.count && !finished { cond.wait() }
+        while head == items.count && !finished {
+            waitingTakers += 1
+            cond.wait()
+            waitingTakers -= 1
+        }
         if head < items.count {
             let r = items[head].take()!
             weight -= weights[head]
@@ -120,7 +130,8 @@ final class BoundedChannel<Element>: @unchecked Sendable {
                 weights.removeFirst(head)
                 head = 0
             }
-            cond.broadcast()
+            // Wake the producer once the queue has room for a few items (or is empty), not per item.
+            if waitingPutters > 0 && (items.count - head <= capacity / 2 || weight <= maxWeight / 2) { cond.broadcast() }
             return r
         }
         if let e = failure { throw e }
@@ -149,9 +160,10 @@ func startProducer<T>(_ channel: BoundedChannel<T>, _ produce: @escaping () thro
 
 struct UncheckedBox<T>: @unchecked Sendable { let value: T }
 
-/// Streams the records of several readers, one after another, on a background thread.
-func streamRecords(_ readers: [TraceReader], capacity: Int = 8) -> RecordChannel {
-    let ch = RecordChannel(capacity: capacity)
+/// Streams the records of several readers, one after another, on a background thread; the queue
+/// holds at most `capacity` records and `maxBytes` of them (or one record, however large).
+func streamRecords(_ readers: [TraceReader], capacity: Int = 8, maxBytes: Int = 4 << 20) -> RecordChannel {
+    let ch = RecordChannel(capacity: capacity, maxWeight: maxBytes) { RecordSpill.memoryBytes($0) }
     let box = UncheckedBox(value: readers)
     startProducer(ch) { for r in box.value { try r.forEachRecord { try ch.put($0) } } }
     return ch

@@ -48,14 +48,20 @@ public struct JoinStats: Sendable, Equatable {
 /// file order and waiting records beyond the budget go to a spill file, oldest first.
 func joinByUID(a: [TraceReader], b: [TraceReader], options: JoinOptions, _ pair: (TraceRecord, TraceRecord) throws -> Void) throws -> JoinStats {
     var stats = JoinStats()
-    var store = PendingStore(budget: options.memoryBudget, spillDirectory: options.spillDirectory)
-    func meet(_ side: Int, _ r: TraceRecord, priority: Int) throws {
-        if let (s, other) = try store.take(r.uid) {
-            precondition(s != side, "a uid waits on the side its record came from")
+    /// Meets a record with its partner waiting under `key`, or makes it wait.
+    func meet<Key>(_ store: inout PendingStore<Key>, _ key: Key, _ side: Int, _ r: TraceRecord, priority: Int) throws {
+        if let (s, other) = try store.take(key) {
+            precondition(s != side, "a record waits on the side its partner came from")
             if side == 0 { try pair(r, other) } else { try pair(other, r) }
         } else {
-            try store.put(r, key: r.uid, side: side, priority: priority)
+            try store.put(r, key: key, side: side, priority: priority)
         }
+    }
+    func finish<Key>(_ store: PendingStore<Key>) {
+        stats.spilledRecords = store.spilledRecords
+        stats.spilledBytes = store.spilledBytes
+        stats.peakSpillBytes = store.peakSpillBytes
+        stats.peakMemoryBytes = store.peakMemoryBytes
     }
     if !options.stream && (a + b).allSatisfy({ $0.index != nil }) {
         // The budget in rows, at the widest row either side stores.
@@ -70,32 +76,36 @@ func joinByUID(a: [TraceReader], b: [TraceReader], options: JoinOptions, _ pair:
         stats.runsRead = plan.steps.count
         stats.plannedPeakRows = plan.peakWaitingRows; stats.plannedSpilledRows = plan.spilledRows; stats.plannedRedecodedRows = plan.redecodedRows
         let runs = try RecordRunReader(readers: a + b, window: options.window)
-        // The decode windows are the reader's buffer: the queue only smooths, a few MB at most.
-        let ch = BoundedChannel<(side: Int, pair: Int, record: TraceRecord)>(capacity: 1024, maxWeight: 8 << 20) {
+        // The decode windows are the reader's buffer: the queue only hands records over (2 MB, or one record).
+        let ch = BoundedChannel<(side: Int, pair: Int, record: TraceRecord)>(capacity: 1024, maxWeight: 2 << 20) {
             RecordSpill.memoryBytes($0.record)
         }
         defer { ch.cancel() }
         let shared = UncheckedBox(value: (plan, a.count))
         startProducer(ch) {
             let (plan, na) = shared.value
-            try runs.forEachRecord(plan.steps) { step, rec in
-                guard let p = plan.pairOf[rec.uid] else { return }
-                try ch.put((plan.steps[step].reader < na ? 0 : 1, p, rec))
+            try runs.forEachRecord(plan.steps) { step, ordinal, rec in
+                let reader = plan.steps[step].reader, p = plan.pairAt[reader][ordinal]
+                guard p >= 0 else { return }
+                try ch.put((reader < na ? 0 : 1, Int(p), rec))
             }
         }
         // A record waits until its partner's step: the records needed last go to disk first.
+        var store = PendingStore<Int>(budget: options.memoryBudget, spillDirectory: options.spillDirectory)
         while let (side, p, rec) = try ch.take() {
-            try meet(side, rec, priority: side == 0 ? plan.stepB[p] : plan.stepA[p])
+            try meet(&store, p, side, rec, priority: side == 0 ? plan.stepB[p] : plan.stepA[p])
         }
         stats.chunksDecoded = runs.chunksDecoded
         guard store.count == 0 else {
             throw TraceError(.corrupt, "\(store.count) records found no partner although the indexes list one (is an index out of date?)")
         }
+        finish(store)
     } else {
         let chA = streamRecords(a), chB = streamRecords(b)
         defer { chA.cancel(); chB.cancel() }
         var seen: [Set<String>] = [[], []]
         var arrival = 0
+        var store = PendingStore<String>(budget: options.memoryBudget, spillDirectory: options.spillDirectory)
         func take(_ side: Int, _ ch: RecordChannel) throws -> Bool {
             guard let r = try ch.take() else { return false }
             guard options.shard.contains(r.uid) else { return true }
@@ -103,7 +113,7 @@ func joinByUID(a: [TraceReader], b: [TraceReader], options: JoinOptions, _ pair:
                 throw TraceError(.invalidInput, "uid \(r.uid) appears twice in side \(side == 0 ? "A" : "B")")
             }
             arrival += 1
-            try meet(side, r, priority: -arrival)
+            try meet(&store, r.uid, side, r, priority: -arrival)
             return true
         }
         var moreA = true, moreB = true
@@ -114,10 +124,7 @@ func joinByUID(a: [TraceReader], b: [TraceReader], options: JoinOptions, _ pair:
         for w in store.waiting {
             if w.side == 0 { stats.sequencesOnlyA += 1; stats.rowsOnlyA += w.rows } else { stats.sequencesOnlyB += 1; stats.rowsOnlyB += w.rows }
         }
+        finish(store)
     }
-    stats.spilledRecords = store.spilledRecords
-    stats.spilledBytes = store.spilledBytes
-    stats.peakSpillBytes = store.peakSpillBytes
-    stats.peakMemoryBytes = store.peakMemoryBytes
     return stats
 }

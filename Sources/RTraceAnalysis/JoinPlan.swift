@@ -13,8 +13,9 @@ import RTrace
 struct JoinPlan {
     /// Reads, in order: a reader (A's readers first, then B's) and one of its runs.
     var steps: [(reader: Int, run: RecordRun)] = []
-    /// The pair of each uid with a record on both sides.
-    var pairOf: [String: Int] = [:]
+    /// Per reader (A's, then B's) and record ordinal: the pair the record belongs to, or -1 (a record
+    /// only one side has, or outside the uid shard).
+    var pairAt: [[Int32]] = []
     /// Per pair, the step that reads A's record and the step that reads B's.
     var stepA: [Int] = [], stepB: [Int] = []
     /// Sequences (and their rows) only one side has; they are not read at all.
@@ -61,15 +62,17 @@ struct JoinPlan {
         let sa = try Side(a, "A", shard), sb = try Side(b, "B", shard)
         // Pairs in A's file order: where each side's record is, and its rows (+1, so empty records weigh).
         var locA: [(reader: Int, ordinal: Int)] = [], locB = locA, rowsA: [Int] = [], rowsB: [Int] = []
+        pairAt = (a + b).map { [Int32](repeating: -1, count: $0.index!.records.count) }
         for (ri, r) in a.enumerated() {
             for (o, rec) in r.index!.records.enumerated() where shard.contains(rec.uid) {
                 guard let w = sb.whereUID[rec.uid] else { onlyA += 1; rowsOnlyA += rec.rowCount; continue }
-                pairOf[rec.uid] = locA.count
+                pairAt[ri][o] = Int32(locA.count)
+                pairAt[a.count + w.reader][w.ordinal] = Int32(locA.count)
                 locA.append((ri, o)); locB.append(w)
                 rowsA.append(rec.rowCount + 1); rowsB.append(b[w.reader].index!.records[w.ordinal].rowCount + 1)
             }
         }
-        for (uid, w) in sb.whereUID where pairOf[uid] == nil {
+        for w in sb.whereUID.values where pairAt[a.count + w.reader][w.ordinal] < 0 {
             onlyB += 1
             rowsOnlyB += b[w.reader].index!.records[w.ordinal].rowCount
         }
@@ -183,8 +186,11 @@ struct JoinPlan {
         // A spilled row costs about what decoding two rows does (write and read back vs inflate).
         func total(_ c: (peak: Int, spilled: Int, redecoded: Int)) -> Int { 2 * c.spilled + c.redecoded }
         var best: (layout: Layout, order: [(side: Int, run: Int)], cost: (peak: Int, spilled: Int, redecoded: Int))? = nil
+        var seen = Set<Int>()
         for per in [1, 4, 16, 64] {
             let l = layout(per)
+            // Few chunks per file: larger runs give the same layout.
+            guard seen.insert(l.runsA.count << 32 | l.runsB.count).inserted else { continue }
             let oa = l.runsA.indices.filter { !l.pairsOfA[$0].isEmpty }, ob = l.runsB.indices.filter { !l.pairsOfB[$0].isEmpty }
             var candidates = [(oa, ob)]
             var xa = oa, xb = ob

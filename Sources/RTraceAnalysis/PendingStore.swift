@@ -3,24 +3,27 @@ import RTrace
 
 /// Records of a join waiting for their partner, in memory up to a budget and in a spill file beyond.
 ///
-/// Each record waits under a key (its uid) with a priority: when the records in memory take more
+/// Each record waits under a key (its uid, or its pair's number) with a priority: when the records in memory take more
 /// than the budget, those with the highest priority go to the spill file first. A join that knows
 /// when each partner will come (a plan over the files' indexes) gives that time as the priority, so
 /// the records needed last wait on disk; a streaming join gives the arrival order, newest last.
-struct PendingStore {
+struct PendingStore<Key: Hashable> {
     /// Bytes of records kept in memory.
     let budget: Int
     /// Where the spill file goes (nil: the temporary directory).
     let spillDirectory: String?
 
-    private enum Place { case memory(TraceRecord), disk(offset: Int, length: Int) }
+    /// Where a waiting record is: in ``inMemory`` (`offset` < 0) or at `offset` in the spill file.
+    /// Small, so that many waiting records cost little besides their bytes.
     private struct Entry {
-        var side: Int, rows: Int, priority: Int, bytes: Int
-        var place: Place
+        var priority: Int, offset: Int, length: Int
+        var rows: Int32, side: UInt8
+        var onDisk: Bool { offset >= 0 }
     }
-    private var entries: [String: Entry] = [:]
+    private var entries: [Key: Entry] = [:]
+    private var inMemory: [Key: TraceRecord] = [:]
     /// Max-heap of (priority, key) over the entries in memory; stale items are skipped when popped.
-    private var heap: [(priority: Int, key: String)] = []
+    private var heap: [(priority: Int, key: Key)] = []
     private var spill: SpillFile? = nil
     /// The buffer records are encoded into and read back through (as large as the largest record).
     private var scratch: [UInt8] = []
@@ -40,46 +43,42 @@ struct PendingStore {
     /// Records waiting.
     var count: Int { entries.count }
 
-    /// The side a record with `key` waits on, if one does.
-    func side(of key: String) -> Int? { entries[key]?.side }
-
     /// Adds a record; spills the highest-priority records while memory is over the budget.
-    mutating func put(_ r: TraceRecord, key: String, side: Int, priority: Int) throws(TraceError) {
-        let bytes = RecordSpill.memoryBytes(r)
-        entries[key] = Entry(side: side, rows: r.rowCount, priority: priority, bytes: bytes, place: .memory(r))
-        bytesInMemory += bytes
+    mutating func put(_ r: TraceRecord, key: Key, side: Int, priority: Int) throws(TraceError) {
+        entries[key] = Entry(priority: priority, offset: -1, length: 0, rows: Int32(clamping: r.rowCount), side: UInt8(side))
+        inMemory[key] = r
+        bytesInMemory += RecordSpill.memoryBytes(r)
         heapPush(priority, key)
         while bytesInMemory > budget, let victim = heapPop() {
-            guard var e = entries[victim], case .memory(let rec) = e.place else { continue }
+            guard let rec = inMemory.removeValue(forKey: victim) else { continue }
             if spill == nil { spill = try SpillFile(directory: spillDirectory ?? NSTemporaryDirectory()) }
             let n = RecordSpill.encode(rec, into: &scratch)
-            e.place = .disk(offset: try spill!.append(scratch, count: n), length: n)
-            entries[victim] = e
-            bytesInMemory -= e.bytes
+            entries[victim]!.offset = try spill!.append(scratch, count: n)
+            entries[victim]!.length = n
+            bytesInMemory -= RecordSpill.memoryBytes(rec)
             spilledRecords += 1
         }
         peakMemoryBytes = max(peakMemoryBytes, bytesInMemory)
         // Taken records leave stale heap items: rebuild when they outnumber the live ones.
-        if heap.count > 64 && heap.count > 4 * entries.count { rebuildHeap() }
+        if heap.count > 64 && heap.count > 4 * inMemory.count { rebuildHeap() }
     }
 
     /// Removes and returns the record waiting under `key`, with its side.
-    mutating func take(_ key: String) throws(TraceError) -> (side: Int, record: TraceRecord)? {
+    mutating func take(_ key: Key) throws(TraceError) -> (side: Int, record: TraceRecord)? {
         guard let e = entries.removeValue(forKey: key) else { return nil }
-        switch e.place {
-        case .memory(let r):
-            bytesInMemory -= e.bytes
-            return (e.side, r)
-        case .disk(let offset, let length):
-            try spill!.take(at: offset, count: length, into: &scratch)
-            return (e.side, RecordSpill.decode(scratch))
+        if e.onDisk {
+            try spill!.take(at: e.offset, count: e.length, into: &scratch)
+            return (Int(e.side), RecordSpill.decode(scratch))
         }
+        let r = inMemory.removeValue(forKey: key)!
+        bytesInMemory -= RecordSpill.memoryBytes(r)
+        return (Int(e.side), r)
     }
 
     /// Every waiting record's key, side and rows (the records themselves stay where they are).
-    var waiting: [(key: String, side: Int, rows: Int)] { entries.map { ($0.key, $0.value.side, $0.value.rows) } }
+    var waiting: [(key: Key, side: Int, rows: Int)] { entries.map { ($0.key, Int($0.value.side), Int($0.value.rows)) } }
 
-    private mutating func heapPush(_ p: Int, _ k: String) {
+    private mutating func heapPush(_ p: Int, _ k: Key) {
         heap.append((p, k))
         var i = heap.count - 1
         while i > 0 {
@@ -90,7 +89,7 @@ struct PendingStore {
         }
     }
 
-    private mutating func heapPop() -> String? {
+    private mutating func heapPop() -> Key? {
         guard let top = heap.first else { return nil }
         let last = heap.removeLast()
         if !heap.isEmpty {
@@ -110,11 +109,7 @@ struct PendingStore {
     }
 
     private mutating func rebuildHeap() {
-        let live = entries.compactMap { k, e -> (Int, String)? in
-            if case .memory = e.place { return (e.priority, k) }
-            return nil
-        }
         heap = []
-        for (p, k) in live { heapPush(p, k) }
+        for k in inMemory.keys { heapPush(entries[k]!.priority, k) }
     }
 }

@@ -9,8 +9,9 @@ import Glibc
 /// A temporary file that records wait in while a join holds more than its memory allows.
 ///
 /// The file is unlinked as soon as it is created, so it disappears when the process ends, however
-/// it ends; the space of a record read back is given back to the file system at once (a hole is
-/// punched where the file system supports it), so the file holds only the records still waiting.
+/// it ends. The space of a large record read back is given back to the file system at once (a hole
+/// is punched where the file system supports it), so the file holds little more than the records
+/// still waiting; small records are written 1 MiB at a time.
 final class SpillFile {
     let directory: String
     private let fd: Int32
@@ -34,9 +35,36 @@ final class SpillFile {
 
     deinit { close(fd) }
 
+    /// Small records gather in this buffer and reach the file 1 MiB at a time.
+    private var buffer: [UInt8] = []
+    private static let bufferSize = 1 << 20
+
     /// Appends the first `count` bytes of `bytes`; returns their offset.
     func append(_ bytes: [UInt8], count: Int) throws(TraceError) -> Int {
         let at = end
+        if count >= SpillFile.bufferSize / 4 {
+            try flush()
+            try write(bytes, count: count, at: at)
+        } else {
+            if buffer.count + count > SpillFile.bufferSize { try flush() }
+            if buffer.isEmpty { buffer.reserveCapacity(SpillFile.bufferSize) }
+            buffer.append(contentsOf: bytes[..<count])
+        }
+        end += count
+        bytesWritten += count
+        bytesHeld += count
+        peakBytesHeld = max(peakBytesHeld, bytesHeld)
+        return at
+    }
+
+    /// Writes the buffered records to the file.
+    private func flush() throws(TraceError) {
+        guard !buffer.isEmpty else { return }
+        try write(buffer, count: buffer.count, at: end - buffer.count)
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    private func write(_ bytes: [UInt8], count: Int, at: Int) throws(TraceError) {
         var done = 0
         let err: Int32 = bytes.withUnsafeBytes { raw in
             while done < count {
@@ -49,18 +77,21 @@ final class SpillFile {
         if err != 0 {
             throw TraceError(.io, "cannot write \(count) bytes of waiting records to the spill file: \(String(cString: strerror(err))) (set --spill-dir or TMPDIR to a directory with room)", file: directory)
         }
-        end += count
-        bytesWritten += count
-        bytesHeld += count
-        peakBytesHeld = max(peakBytesHeld, bytesHeld)
-        return at
     }
 
     /// Reads back `count` bytes at `offset` into `buffer` (resized to fit), and gives their space back.
-    func take(at offset: Int, count: Int, into buffer: inout [UInt8]) throws(TraceError) {
-        if buffer.count < count { buffer = [UInt8](repeating: 0, count: count) }
+    func take(at offset: Int, count: Int, into out: inout [UInt8]) throws(TraceError) {
+        if out.count < count { out = [UInt8](repeating: 0, count: count) }
+        bytesHeld -= count
+        let buffered = end - buffer.count
+        if offset >= buffered {
+            out.withUnsafeMutableBytes { dst in
+                buffer.withUnsafeBytes { src in dst.baseAddress!.copyMemory(from: src.baseAddress! + (offset - buffered), byteCount: count) }
+            }
+            return
+        }
         var got = 0
-        let err: Int32 = buffer.withUnsafeMutableBytes { raw in
+        let err: Int32 = out.withUnsafeMutableBytes { raw in
             while got < count {
                 let n = pread(fd, raw.baseAddress! + got, count - got, off_t(offset + got))
                 if n < 0 { if errno == EINTR { continue }; return errno }
@@ -70,9 +101,9 @@ final class SpillFile {
             return 0
         }
         if err != 0 { throw TraceError(.io, "cannot read back a spilled record: \(String(cString: strerror(err)))", file: directory, offset: offset) }
-        bytesHeld -= count
-        // A file system without holes keeps the bytes until the file is closed.
-        _ = rtrace_punch_hole(fd, Int64(offset), Int64(count))
+        // Large records give their space back at once (a file system without holes keeps it until
+        // the file is closed); small ones, written together, keep theirs.
+        if count >= SpillFile.bufferSize / 4 { _ = rtrace_punch_hole(fd, Int64(offset), Int64(count)) }
     }
 }
 
@@ -187,7 +218,8 @@ enum RecordSpill {
 
     /// Bytes a record takes in memory (its arrays), for a memory budget.
     static func memoryBytes(_ r: TraceRecord) -> Int {
-        256 + r.uid.utf8.count + 2 * r.expertIDs.count + (r.weights?.bytes.count ?? 0) + (r.logits?.bytes.count ?? 0)
+        // 512: the record's array and string headers, the allocator's and the waiting entry's own bytes.
+        512 + r.uid.utf8.count + 2 * r.expertIDs.count + (r.weights?.bytes.count ?? 0) + (r.logits?.bytes.count ?? 0)
             + 4 * (r.tokens.count + r.logprobs.count) + (r.attributes?.utf8.count ?? 0)
     }
 }

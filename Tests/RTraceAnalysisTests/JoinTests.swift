@@ -121,7 +121,7 @@ struct JoinTests {
         let (A, _) = generatePair(big, sequences: 12, seed: 10, maxRows: 20, dtype: .bf16)
         var recs = A
         recs[1].reward = -2.5; recs[2].group = "g"; recs[3].attributes = "{\"k\":1}"; recs[4].logits = nil
-        var store = PendingStore(budget: 3 * RecordSpill.memoryBytes(recs[0]), spillDirectory: tempDir())
+        var store = PendingStore<String>(budget: 3 * RecordSpill.memoryBytes(recs[0]), spillDirectory: tempDir())
         for (i, r) in recs.enumerated() {
             try store.put(r, key: r.uid, side: i % 2, priority: i)
             #expect(store.bytesInMemory <= store.budget)
@@ -132,6 +132,16 @@ struct JoinTests {
             #expect(got.side == i % 2 && got.record == r, "record \(r.uid) differs after waiting")
         }
         #expect(store.count == 0 && store.bytesInMemory == 0)
+        // Records past the write buffer go to the file directly, and give their space back when read.
+        var rng = TestRNG(12)
+        let bigs = (0..<3).map { i in
+            TraceRecord(uid: "big-\(i)", tokens: (0..<10_001).map { _ in Int32(rng.int(1000)) }, promptLength: 7, rowCount: 10_000, layers: 4, topK: 8,
+                        expertIDs: (0..<320_000).map { _ in rng.int(9) == 0 ? TraceRecord.missing : UInt16(rng.int(128)) })
+        }
+        var wide = PendingStore<Int>(budget: 0, spillDirectory: tempDir())
+        for (i, r) in bigs.enumerated() { try wide.put(r, key: i, side: 0, priority: i) }
+        #expect(wide.spilledRecords == 3 && wide.spilledBytes > 3 * 320_000)
+        for i in [1, 0, 2] { #expect(try wide.take(i)?.record == bigs[i]) }
         // Narrow ids (fewer than 255 experts, missing rows) round-trip as well.
         let (small, _) = generatePair(g, sequences: 3, seed: 11)
         var buf: [UInt8] = []

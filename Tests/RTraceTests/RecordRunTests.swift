@@ -57,15 +57,15 @@ struct RecordRunTests {
         #expect(zip(runs, runs.dropFirst()).contains { $0.chunks.upperBound - 1 == $1.chunks.lowerBound }, "records span run boundaries")
         let reader = try RecordRunReader(readers: [r], window: 2)
         var got: [TraceRecord] = []
-        try reader.forEachRecord(runs.map { (0, $0) }) { got.append($1) }
+        try reader.forEachRecord(runs.map { (0, $0) }) { got.append($2) }
         #expect(got == recs[0] && reader.chunksDecoded == r.index!.chunks.count)
         got = []
-        try reader.forEachRecord(runs.reversed().map { (0, $0) }) { got.append($1) }
+        try reader.forEachRecord(runs.reversed().map { (0, $0) }) { got.append($2) }
         #expect(Set(got.map(\.uid)) == Set(recs[0].map(\.uid)) && reader.chunksDecoded == r.index!.chunks.count)
         // Every other run, then the rest: neighbours are apart, shared chunks are decoded twice.
         let apart = runs.indices.filter { $0 % 2 == 0 } + runs.indices.filter { $0 % 2 == 1 }
         got = []
-        try reader.forEachRecord(apart.map { (0, runs[$0]) }) { got.append($1) }
+        try reader.forEachRecord(apart.map { (0, runs[$0]) }) { got.append($2) }
         #expect(Set(got.map(\.uid)) == Set(recs[0].map(\.uid)) && reader.chunksDecoded > r.index!.chunks.count)
     }
 
@@ -80,7 +80,10 @@ struct RecordRunTests {
         let all = Dictionary(uniqueKeysWithValues: recs.joined().map { ($0.uid, $0) })
         for window in [1, 3, 16] {
             var got: [(Int, TraceRecord)] = []
-            try RecordRunReader(readers: readers, window: window).forEachRecord(steps) { got.append(($0, $1)) }
+            try RecordRunReader(readers: readers, window: window).forEachRecord(steps) { step, ordinal, r in
+                #expect(recs[steps[step].reader][ordinal] == r)
+                got.append((step, r))
+            }
             #expect(got.count == all.count)
             #expect(Set(got.map(\.1.uid)).count == all.count)
             for (step, r) in got {
@@ -101,7 +104,7 @@ struct RecordRunTests {
         try Data(bytes).write(to: URL(fileURLWithPath: bad))
         let rb = try TraceReader(path: bad)
         do {
-            try RecordRunReader(readers: [rb]).forEachRecord(rb.index!.recordRuns().map { (0, $0) }) { _, _ in }
+            try RecordRunReader(readers: [rb]).forEachRecord(rb.index!.recordRuns().map { (0, $0) }) { _, _, _ in }
             Issue.record("expected an error")
         } catch let e as TraceError {
             #expect(e.file == bad && e.offset != nil)
