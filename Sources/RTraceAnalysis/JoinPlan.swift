@@ -130,7 +130,7 @@ struct JoinPlan {
             }
             var waiting = 0, inMemory = 0, peak = 0, spilled = 0, redecoded = 0
             var where_ = [UInt8](repeating: 0, count: n)  // 0 not waiting, 1 in memory, 2 spilled
-            var heap = MaxHeap()
+            var heap = MaxHeap<Int>()
             // A chunk two runs share is decoded once when the second run of its file comes within
             // RecordRunReader.reuseDistance steps of the first (the reader keeps a run's end chunks that long).
             var lastStep: [Int: (step: Int, first: Int, last: Int)] = [:]
@@ -218,40 +218,5 @@ struct JoinPlan {
                 for p in l.pairsOfB[run] { stepB[p] = s }
             }
         }
-    }
-}
-
-/// A max-heap of (priority, value).
-struct MaxHeap {
-    private var items: [(Int, Int)] = []
-
-    mutating func push(_ priority: Int, _ value: Int) {
-        items.append((priority, value))
-        var i = items.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard items[parent].0 < items[i].0 else { break }
-            items.swapAt(parent, i)
-            i = parent
-        }
-    }
-
-    mutating func pop() -> (Int, Int)? {
-        guard let top = items.first else { return nil }
-        let last = items.removeLast()
-        if !items.isEmpty {
-            items[0] = last
-            var i = 0
-            while true {
-                let l = 2 * i + 1, r = l + 1
-                var m = i
-                if l < items.count && items[l].0 > items[m].0 { m = l }
-                if r < items.count && items[r].0 > items[m].0 { m = r }
-                if m == i { break }
-                items.swapAt(i, m)
-                i = m
-            }
-        }
-        return top
     }
 }

@@ -22,8 +22,8 @@ struct PendingStore<Key: Hashable> {
     }
     private var entries: [Key: Entry] = [:]
     private var inMemory: [Key: TraceRecord] = [:]
-    /// Max-heap of (priority, key) over the entries in memory; stale items are skipped when popped.
-    private var heap: [(priority: Int, key: Key)] = []
+    /// The keys of the records in memory by priority; stale items (records taken since) are skipped when popped.
+    private var heap = MaxHeap<Key>()
     private var spill: SpillFile? = nil
     /// The buffer records are encoded into and read back through (as large as the largest record).
     private var scratch: [UInt8] = []
@@ -48,8 +48,8 @@ struct PendingStore<Key: Hashable> {
         entries[key] = Entry(priority: priority, offset: -1, length: 0, rows: Int32(clamping: r.rowCount), side: UInt8(side))
         inMemory[key] = r
         bytesInMemory += RecordSpill.memoryBytes(r)
-        heapPush(priority, key)
-        while bytesInMemory > budget, let victim = heapPop() {
+        heap.push(priority, key)
+        while bytesInMemory > budget, let victim = heap.pop()?.value {
             guard let rec = inMemory.removeValue(forKey: victim) else { continue }
             if spill == nil { spill = try SpillFile(directory: spillDirectory ?? NSTemporaryDirectory()) }
             let n = RecordSpill.encode(rec, into: &scratch)
@@ -78,38 +78,8 @@ struct PendingStore<Key: Hashable> {
     /// Every waiting record's key, side and rows (the records themselves stay where they are).
     var waiting: [(key: Key, side: Int, rows: Int)] { entries.map { ($0.key, Int($0.value.side), Int($0.value.rows)) } }
 
-    private mutating func heapPush(_ p: Int, _ k: Key) {
-        heap.append((p, k))
-        var i = heap.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard heap[parent].priority < heap[i].priority else { break }
-            heap.swapAt(parent, i)
-            i = parent
-        }
-    }
-
-    private mutating func heapPop() -> Key? {
-        guard let top = heap.first else { return nil }
-        let last = heap.removeLast()
-        if !heap.isEmpty {
-            heap[0] = last
-            var i = 0
-            while true {
-                let l = 2 * i + 1, r = l + 1
-                var m = i
-                if l < heap.count && heap[l].priority > heap[m].priority { m = l }
-                if r < heap.count && heap[r].priority > heap[m].priority { m = r }
-                if m == i { break }
-                heap.swapAt(i, m)
-                i = m
-            }
-        }
-        return top.key
-    }
-
     private mutating func rebuildHeap() {
-        heap = []
-        for k in inMemory.keys { heapPush(entries[k]!.priority, k) }
+        heap = MaxHeap()
+        for k in inMemory.keys { heap.push(entries[k]!.priority, k) }
     }
 }
