@@ -18,13 +18,16 @@ struct MergeProcessTests {
         let d = tempPath("merge-\(UUID().uuidString)")
         let r = try shell("""
             set -e; mkdir -p \(d)
-            seq 0 4 | xargs -P 3 -I{} sh -c '$RT diff \(a) \(b) --partial --uid-shard {}/5 --top 4 --buckets 3 > \(d)/p{}.json'
+            seq 0 4 | xargs -P 3 -I{} sh -c '$RT diff \(a) \(b) --partial --uid-shard {}/5 --top 4 --buckets 3 --is-threshold 2 --is-threshold 1.05 > \(d)/p{}.json'
             $RT merge \(d)/p3.json \(d)/p0.json \(d)/p4.json \(d)/p1.json \(d)/p2.json --json > \(d)/merged.json
-            $RT diff \(a) \(b) --json --top 4 --buckets 3 > \(d)/single.json
+            $RT diff \(a) \(b) --json --top 4 --buckets 3 --is-threshold 2 --is-threshold 1.05 > \(d)/single.json
             cmp \(d)/merged.json \(d)/single.json
-            $RT merge \(d)/p*.json --csv > \(d)/merged.csv; $RT diff \(a) \(b) --csv --top 4 --buckets 3 > \(d)/single.csv
+            grep -q '"rollout_is_token"' \(d)/merged.json
+            $RT merge \(d)/p[0-4].json --csv --csv-table policy > \(d)/merged-policy.csv
+            $RT diff \(a) \(b) --csv --csv-table policy --top 4 --buckets 3 --is-threshold 2 --is-threshold 1.05 | cmp - \(d)/merged-policy.csv
+            $RT merge \(d)/p[0-4].json --csv > \(d)/merged.csv; $RT diff \(a) \(b) --csv --top 4 --buckets 3 --is-threshold 2 --is-threshold 1.05 > \(d)/single.csv
             cmp \(d)/merged.csv \(d)/single.csv
-            $RT merge \(d)/p*.json > \(d)/merged.txt; $RT diff \(a) \(b) --top 4 --buckets 3 > \(d)/single.txt
+            $RT merge \(d)/p[0-4].json > \(d)/merged.txt; $RT diff \(a) \(b) --top 4 --buckets 3 --is-threshold 2 --is-threshold 1.05 > \(d)/single.txt
             cmp \(d)/merged.txt \(d)/single.txt
             $RT merge \(d)/p0.json \(d)/p1.json --partial > \(d)/p01.json
             $RT merge \(d)/p01.json \(d)/p2.json \(d)/p3.json \(d)/p4.json --json | cmp - \(d)/single.json
@@ -71,6 +74,8 @@ struct MergeProcessTests {
         #expect(usage.status == 64, "\(usage.stderr)")
         let both = try shell("$RT diff \(a) \(b) --partial --json")
         #expect(both.status == 64, "\(both.stderr)")
+        let otherC = try shell("$RT diff \(a) \(b) --partial --uid-shard 1/3 --is-threshold 3 > \(d)/c3.json && $RT merge \(d)/p0.json \(d)/c3.json \(d)/p2.json")
+        #expect(otherC.status == 1 && otherC.stderr.contains("--is-threshold"), "\(otherC.stderr)")
         let badShard = try shell("$RT diff \(a) \(b) --partial --uid-shard 3/3")
         #expect(badShard.status == 1 && badShard.stderr.contains("3/3"), "\(badShard.stderr)")
     }
