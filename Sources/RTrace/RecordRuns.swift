@@ -157,7 +157,8 @@ public final class RecordRunReader {
             var slots: [Slot] = [], frames: [(ChunkDecoder, [UInt8])] = []
             var readError: (any Error)? = nil
             do {
-                while slots.count < window && nextStep < steps.count {
+                // A window is `window` chunks to decode; chunks kept from the step before come free.
+                while frames.count < window && slots.count < 4 * window && nextStep < steps.count {
                     let (ri, run) = steps[nextStep]
                     guard ri >= 0 && ri < readers.count, let ix = readers[ri].index else {
                         throw TraceError(.invalidInput, "step \(nextStep) names reader \(ri) of \(readers.count)")
