@@ -103,6 +103,7 @@ demo: build
 bench: deps release
 	$(PY) bench/format_bench.py --rtrace $(RELEASE)
 	$(PY) bench/diff_stats/bench.py --rtrace $(RELEASE)
+	$(PY) bench/diff_stats/join_bench.py --rtrace $(RELEASE)
 	$(PY) bench/idcoding/idcoding.py --rtrace $(RELEASE)
 	$(PY) bench/npz/bench.py --rtrace $(RELEASE)
 	cd python && ../$(PY) setup.py -q build_ext --inplace

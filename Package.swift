@@ -53,8 +53,11 @@ let package = Package(
         // Analyses over traces: diff (flip rates, router KL, policy KL) and stats (expert load).
         .target(
             name: "RTraceAnalysis",
-            dependencies: ["RTrace"]
+            dependencies: ["RTrace", "CRTraceSpill"]
         ),
+
+        // fallocate's hole punching, for the join's spill file (Sources/RTraceAnalysis/SpillFile.swift).
+        .systemLibrary(name: "CRTraceSpill"),
 
         .testTarget(
             name: "RTraceAnalysisTests",

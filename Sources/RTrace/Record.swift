@@ -136,3 +136,13 @@ public struct TraceRecord: Sendable, Equatable {
         }
     }
 }
+
+extension TraceRecord {
+    /// CRC-32 (zlib's `crc32`) of the UTF-8 bytes of a uid: a hash every language has, so that
+    /// tools that split traces by uid (`rtrace diff --uid-shard i/N`: `uidHash(uid) % N == i`) and
+    /// Python (`zlib.crc32(uid.encode()) % N`) put each uid in the same part.
+    public static func uidHash(_ uid: String) -> UInt32 {
+        var u = uid
+        return u.withUTF8 { Zlib.crc32(UnsafeRawBufferPointer($0)) }
+    }
+}

@@ -4,20 +4,32 @@ struct RecordAssembler {
     let file: String
     /// When set, only this ordinal is emitted and the stream need not start at ordinal 0.
     var only: UInt64? = nil
+    /// When set, only these ordinals are emitted: pieces before the first piece of the first are
+    /// skipped, and pieces after the last record are ignored (chunks read for a run of records).
+    var records: Range<UInt64>? = nil
+    /// Set once the last of ``records`` was emitted.
+    private(set) var done = false
     private var expected: UInt64 = 0
     private var started = false
     private var partial: (meta: RecordMeta, ordinal: UInt64, pieces: [DecodedPiece], rows: Int)? = nil
 
-    init(header: TraceHeader, file: String, only: UInt64? = nil) {
+    init(header: TraceHeader, file: String, only: UInt64? = nil, records: Range<UInt64>? = nil) {
         self.header = header
         self.file = file
         self.only = only
+        self.records = records
+        done = records?.isEmpty ?? false
     }
 
     mutating func add(_ chunk: DecodedChunk, at offset: Int, _ emit: (TraceRecord) throws -> Void) throws {
         func bad(_ m: String) -> TraceError { TraceError(.corrupt, m, file: file, offset: offset) }
         for d in chunk.pieces {
+            if done { return }
             let p = d.piece
+            if let w = records, !started {
+                guard p.first && p.ordinal == w.lowerBound else { continue }
+                expected = p.ordinal
+            }
             if only != nil && !started && !p.first { continue }
             if only != nil && !started { expected = p.ordinal }
             started = true
@@ -45,6 +57,7 @@ struct RecordAssembler {
                 }
                 if only == nil || only == part.ordinal { try emit(makeRecord(part.meta, part.pieces)) }
                 if only != nil && only == part.ordinal { return }
+                if let w = records, part.ordinal + 1 >= w.upperBound { done = true; return }
             }
         }
     }
@@ -52,7 +65,7 @@ struct RecordAssembler {
     /// Throws when a record is still open at the end: `truncated` when the input ended without a trailer,
     /// `corrupt` when it reached the index (`complete`).
     mutating func finish(complete: Bool = false) throws {
-        if let part = partial {
+        if let part = partial, !done {
             if complete {
                 throw TraceError(.corrupt, "record \(part.ordinal) (\(part.meta.uid)) has no LAST piece before the index", file: file)
             }

@@ -8,11 +8,21 @@ public struct DiffOptions: Sendable {
     public var buckets: Int = 4
     /// How many sequences with the most flipped rows to list.
     public var top: Int = 10
-    /// Worker threads for the comparison (decoding uses the readers' own threads).
+    /// Worker threads for the comparison, and chunks decoded at once.
     public var threads: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// Thresholds C of the importance-sampling and rejection rules in the policy report (verl's
     /// `rollout_is_threshold` / `rollout_rs_threshold`); each must be finite and > 0.
     public var isThresholds: [Double] = PolicyAcc.defaultThresholds
+    /// The part of the uid space to compare (``UIDShard/all``: every uid).
+    public var uidShard = UIDShard.all
+    /// Bytes of records kept in memory while they wait for their partner; beyond it they wait in a
+    /// temporary file (see ``diffPartial(a:b:options:)``).
+    public var memoryBudget = 12 << 20
+    /// Where that file goes (nil: `TMPDIR`, else /tmp).
+    public var spillDirectory: String? = nil
+    /// Join as two streams even when every file has an index (tests compare both joins).
+    var streamJoin = false
+
     public init(buckets: Int = 4, top: Int = 10, isThresholds: [Double] = PolicyAcc.defaultThresholds) {
         self.buckets = max(1, buckets)
         self.top = max(0, top)
@@ -20,20 +30,22 @@ public struct DiffOptions: Sendable {
     }
 }
 
-/// Tallies of one comparison; partial tallies add up exactly (integer counts, sums merged in a fixed order).
+/// Tallies of one comparison; partial tallies add up exactly (integer counts, and sums of doubles
+/// kept as ``WideSum``s, each sequence's contribution added once), in any order.
 ///
 /// The routing counts live in one histogram over (class, position bucket, layer, |A∩B|): the per-layer,
 /// per-class, per-bucket and layer × bucket views are its sums, so comparing a (row, layer) costs one
 /// increment.
-struct DiffAcc {
+struct DiffAcc: Equatable, Sendable {
     let L: Int, k: Int, E: Int, nb: Int
     /// (row, layer)s by intersection size |A∩B| (0…k), class (0 prompt, 1 response), position bucket
     /// and layer: `[((c*nb+b)*L+l)*(k+1)+i]`.
     var cells: [Int]
     /// (row, layer)s whose slot order differs, `[(c*nb+b)*L+l]`.
     var orderCells: [Int]
-    var klSum: [Double], klN: [Int]
-    var wSum: [Double], wN: [Int]
+    /// Per layer: Σ router KL and Σ |w_A − w_B|, and how many terms each.
+    var klSum: [WideSum], klN: [Int]
+    var wSum: [WideSum], wN: [Int]
     /// Per class: rows with at least one compared layer, rows with a flipped layer, flipped (row, layer)s.
     var rows = [0, 0], anyFlip = [0, 0], flippedLayers = [0, 0]
     /// Per bucket: rows with a compared layer, rows with a flipped layer.
@@ -42,15 +54,16 @@ struct DiffAcc {
     var missingA = 0, missingB = 0, skippedLayerRows = 0
     /// Policy mismatch over response tokens with logprobs on both sides (PolicyMetrics.swift).
     var policy: PolicyAcc
-    var top: [(uid: String, flipped: Int, rows: Int)] = []
+    /// Sequences with flipped rows (``keepTop(_:)`` keeps the first N by ``TopSequence/ranked(_:_:)``).
+    var top: [TopSequence] = []
 
     init(L: Int, k: Int, E: Int, buckets: Int, isThresholds: [Double] = PolicyAcc.defaultThresholds) {
         self.L = L; self.k = k; self.E = E; nb = buckets
         policy = PolicyAcc(layers: L, thresholds: isThresholds)
         cells = Array(repeating: 0, count: 2 * buckets * L * (k + 1))
         orderCells = Array(repeating: 0, count: 2 * buckets * L)
-        klSum = Array(repeating: 0, count: L); klN = Array(repeating: 0, count: L)
-        wSum = Array(repeating: 0, count: L); wN = Array(repeating: 0, count: L)
+        klSum = Array(repeating: WideSum(), count: L); klN = Array(repeating: 0, count: L)
+        wSum = Array(repeating: WideSum(), count: L); wN = Array(repeating: 0, count: L)
         brows = Array(repeating: 0, count: buckets); bany = Array(repeating: 0, count: buckets)
     }
 
@@ -91,13 +104,18 @@ struct DiffAcc {
     mutating func merge(_ o: DiffAcc) {
         for i in cells.indices { cells[i] += o.cells[i] }
         for i in orderCells.indices { orderCells[i] += o.orderCells[i] }
-        for l in 0..<L { klSum[l] += o.klSum[l]; klN[l] += o.klN[l]; wSum[l] += o.wSum[l]; wN[l] += o.wN[l] }
+        for l in 0..<L { klSum[l].merge(o.klSum[l]); klN[l] += o.klN[l]; wSum[l].merge(o.wSum[l]); wN[l] += o.wN[l] }
         for c in 0..<2 { rows[c] += o.rows[c]; anyFlip[c] += o.anyFlip[c]; flippedLayers[c] += o.flippedLayers[c] }
         for b in 0..<nb { brows[b] += o.brows[b]; bany[b] += o.bany[b] }
         matchedRows += o.matchedRows; rowsOnlyA += o.rowsOnlyA; rowsOnlyB += o.rowsOnlyB
         missingA += o.missingA; missingB += o.missingB; skippedLayerRows += o.skippedLayerRows
         policy.merge(o.policy)
         top += o.top
+    }
+
+    /// Keeps the first `n` of ``top``: exact for any merge, as the order is total (ties by uid).
+    mutating func keepTop(_ n: Int) {
+        top = Array(top.sorted(by: TopSequence.ranked).prefix(n))
     }
 
     /// Compares one sequence's two records. `stamp`/`mark` are scratch (no allocation per row).
@@ -114,6 +132,8 @@ struct DiffAcc {
         let la = (a.logits != nil && b.logits != nil) ? a.logits!.floats : nil
         let lb = la != nil ? b.logits!.floats : nil
         var flippedRows = 0
+        // This sequence's sums per layer, added to the exact sums once at the end.
+        var klPart = [Double](repeating: 0, count: la != nil ? L : 0), wPart = [Double](repeating: 0, count: wa != nil ? L : 0)
         // Flipped layers of each overlapping row (−1: no layer compared), the routing context of the policy.
         var rowFlips = [Int32](repeating: -1, count: overlap)
         var st = stamp
@@ -170,10 +190,10 @@ struct DiffAcc {
                                                     break
                                                 }
                                             }
-                                            wSum[l] += s; wN[l] += n
+                                            wPart[l] += s; wN[l] += n
                                         }
                                         if let la, let lb {
-                                            klSum[l] += routerKL(la, (ra * L + l) * E, lb, (rb * L + l) * E, E)
+                                            klPart[l] += routerKL(la, (ra * L + l) * E, lb, (rb * L + l) * E, E)
                                             klN[l] += 1
                                         }
                                     }
@@ -191,7 +211,9 @@ struct DiffAcc {
             }
             missingA += missA; missingB += missB; skippedLayerRows += skipped
         }
-        if flippedRows > 0 { top.append((a.uid, flippedRows, overlap)) }
+        for l in klPart.indices { klSum[l].add(klPart[l]) }
+        for l in wPart.indices { wSum[l].add(wPart[l]) }
+        if flippedRows > 0 { top.append(TopSequence(uid: a.uid, flippedRows: flippedRows, rows: overlap)) }
         policy.add(a, b, rowFlips: rowFlips, firstRow: lo)
     }
 }
@@ -230,197 +252,56 @@ func routerKL(_ a: [Float], _ oa: Int, _ b: [Float], _ ob: Int, _ n: Int) -> Dou
     return max(0, kl)
 }
 
-/// The result of comparing two sides.
-public struct DiffReport {
-    var acc: DiffAcc
-    public var layerMap: [Int]
-    public var filesA: [String], filesB: [String]
-    public var sequencesMatched = 0, sequencesOnlyA = 0, sequencesOnlyB = 0
-    public var hasLogits = false, hasWeights = false, hasLogprobs = false
-    public var topN = 10
+/// Compares side A (behaviour) with side B (training), joined on uid and row position, over the
+/// uids of `options.uidShard`: the exact, mergeable tallies (``DiffPartial``). Zero shared uids is
+/// not an error here (a part may hold none); ``diffTraces(a:b:options:)`` checks it.
+///
+/// Memory does not depend on the order of the records on either side, nor on how they are sharded:
+/// complete files are read through their indexes in a planned order (``JoinPlan``), and a record
+/// waits for its partner in memory up to `options.memoryBudget`, beyond it in a temporary file in
+/// `options.spillDirectory` that is removed when the process ends. Pipes and unfinished files are
+/// read as streams, with the same budget and file.
+public func diffPartial(a pathsA: [String], b pathsB: [String], options: DiffOptions = DiffOptions()) throws -> DiffPartial {
+    try runDiff(a: pathsA, b: pathsB, options: options).partial
+}
 
-    /// Position buckets (``DiffOptions/buckets``).
-    public var buckets: Int { acc.nb }
-    /// Per MoE layer and position bucket, `[layer * buckets + bucket]`: compared (row, layer)s, and
-    /// those whose top-k set differs (summed over layers, a bucket's counts give its flip rate).
-    public var gridCompared: [Int] { acc.grid(flipped: false) }
-    public var gridFlipped: [Int] { acc.grid(flipped: true) }
-
-    struct Summary { var n = 0, flips = 0, oflips = 0, jacc = 0.0, changed = 0 }
-
-    func summarize(_ h: ArraySlice<Int>, oflips: Int) -> Summary {
-        let k = acc.k
-        var s = Summary(oflips: oflips)
-        for (i, c) in h.enumerated() {
-            s.n += c
-            if i < k { s.flips += c }
-            s.jacc += Double(c) * Double(i) / Double(2 * k - i)
-            s.changed += c * (k - i)
-        }
-        return s
-    }
-
-    func cell(layer l: Int, cls: [Int]) -> Summary {
-        var t = Summary()
-        for c in cls {
-            let (h, o) = acc.layerCell(c, l)
-            let s = summarize(h[...], oflips: o)
-            t.n += s.n; t.flips += s.flips; t.oflips += s.oflips; t.jacc += s.jacc; t.changed += s.changed
-        }
-        return t
-    }
-
-    func total(cls: [Int]) -> Summary {
-        var t = Summary()
-        for l in 0..<acc.L {
-            let s = cell(layer: l, cls: cls)
-            t.n += s.n; t.flips += s.flips; t.oflips += s.oflips; t.jacc += s.jacc; t.changed += s.changed
-        }
-        return t
-    }
-
-    func ratio(_ a: Double, _ n: Int) -> Double? { n > 0 ? a / Double(n) : nil }
-
-    func summaryJSON(_ s: Summary, rows: Int, any: Int, flippedLayers: Int) -> [String: Any] {
-        [
-            "layer_rows": s.n, "rows": rows,
-            "flip_rate": jnum(ratio(Double(s.flips), s.n)),
-            "ordered_flip_rate": jnum(ratio(Double(s.oflips), s.n)),
-            "jaccard": jnum(ratio(s.jacc, s.n)),
-            "mean_experts_changed": jnum(ratio(Double(s.changed), s.n)),
-            "token_any_layer_flip": jnum(ratio(Double(any), rows)),
-            "mean_flipped_layers_per_row": jnum(ratio(Double(flippedLayers), rows)),
-        ]
-    }
-
-    /// Sequences with the most flipped rows (ties by uid).
-    public var topSequences: [(uid: String, flipped: Int, rows: Int)] {
-        Array(acc.top.sorted { $0.flipped != $1.flipped ? $0.flipped > $1.flipped : $0.uid < $1.uid }.prefix(topN))
-    }
-
-    /// The report as a JSON object (keys documented in spec/cli-json.md).
-    public var json: [String: Any] {
-        let all = total(cls: [0, 1])
-        let rows = acc.rows[0] + acc.rows[1], any = acc.anyFlip[0] + acc.anyFlip[1]
-        let fl = acc.flippedLayers[0] + acc.flippedLayers[1]
-        var o = summaryJSON(all, rows: rows, any: any, flippedLayers: fl)
-        o["a"] = filesA; o["b"] = filesB
-        o["top_k"] = acc.k; o["num_experts"] = acc.E
-        o["matched"] = [
-            "sequences": sequencesMatched, "sequences_only_a": sequencesOnlyA, "sequences_only_b": sequencesOnlyB,
-            "rows": acc.matchedRows, "rows_only_a": acc.rowsOnlyA, "rows_only_b": acc.rowsOnlyB,
-            "layer_rows_compared": all.n, "layer_rows_skipped": acc.skippedLayerRows,
-            "layer_rows_missing_a": acc.missingA, "layer_rows_missing_b": acc.missingB,
-        ]
-        var kls = 0.0, kln = 0, ws = 0.0, wn = 0
-        var per: [[String: Any]] = []
-        for l in 0..<acc.L {
-            let s = cell(layer: l, cls: [0, 1])
-            var p = summaryJSON(s, rows: 0, any: 0, flippedLayers: 0)
-            for key in ["rows", "token_any_layer_flip", "mean_flipped_layers_per_row"] { p[key] = nil }
-            p["layer"] = layerMap[l]
-            p["moe_index"] = l
-            p["router_kl"] = hasLogits ? jnum(ratio(acc.klSum[l], acc.klN[l])) : NSNull()
-            p["weight_mae"] = hasWeights ? jnum(ratio(acc.wSum[l], acc.wN[l])) : NSNull()
-            kls += acc.klSum[l]; kln += acc.klN[l]; ws += acc.wSum[l]; wn += acc.wN[l]
-            per.append(p)
-        }
-        o["per_layer"] = per
-        o["router_kl"] = hasLogits ? jnum(ratio(kls, kln)) : NSNull()
-        o["weight_mae"] = hasWeights ? jnum(ratio(ws, wn)) : NSNull()
-        o["prompt"] = summaryJSON(total(cls: [0]), rows: acc.rows[0], any: acc.anyFlip[0], flippedLayers: acc.flippedLayers[0])
-        o["response"] = summaryJSON(total(cls: [1]), rows: acc.rows[1], any: acc.anyFlip[1], flippedLayers: acc.flippedLayers[1])
-        var bs: [[String: Any]] = []
-        let k1 = acc.k + 1
-        let bhist = acc.bhist, boflips = acc.boflips
-        for b in 0..<acc.nb {
-            let s = summarize(bhist[b * k1..<(b + 1) * k1], oflips: boflips[b])
-            var j = summaryJSON(s, rows: acc.brows[b], any: acc.bany[b], flippedLayers: 0)
-            j["mean_flipped_layers_per_row"] = jnum(ratio(Double(s.flips), acc.brows[b]))
-            j["bucket"] = b
-            j["from"] = Double(b) / Double(acc.nb); j["to"] = Double(b + 1) / Double(acc.nb)
-            bs.append(j)
-        }
-        o["buckets"] = bs
-        o["policy"] = policy?.jsonObject ?? NSNull()
-        o["top"] = topSequences.map { ["uid": $0.uid, "flipped_rows": $0.flipped, "rows": $0.rows] as [String: Any] }
-        return o
-    }
-
-    /// Per-layer rows as CSV.
-    public var csv: String {
-        var s = "layer,moe_index,layer_rows,flip_rate,ordered_flip_rate,jaccard,mean_experts_changed,router_kl,weight_mae\n"
-        for l in 0..<acc.L {
-            let c = cell(layer: l, cls: [0, 1])
-            func v(_ x: Double?) -> String { x.map { "\($0)" } ?? "" }
-            s += "\(layerMap[l]),\(l),\(c.n),\(v(ratio(Double(c.flips), c.n))),\(v(ratio(Double(c.oflips), c.n))),"
-            s += "\(v(ratio(c.jacc, c.n))),\(v(ratio(Double(c.changed), c.n))),"
-            s += "\(hasLogits ? v(ratio(acc.klSum[l], acc.klN[l])) : ""),\(hasWeights ? v(ratio(acc.wSum[l], acc.wN[l])) : "")\n"
-        }
-        return s
-    }
-
-    /// An aligned table for people.
-    public var text: String {
-        let j = json
-        let m = j["matched"] as! [String: Any]
-        func g(_ d: [String: Any], _ k: String, _ digits: Int = 4) -> String { fmt(d[k] as? Double, digits) }
-        var s = "sequences: \(m["sequences"]!) matched, \(m["sequences_only_a"]!) only in A, \(m["sequences_only_b"]!) only in B\n"
-        s += "rows: \(m["rows"]!) matched, \(m["rows_only_a"]!) only in A, \(m["rows_only_b"]!) only in B; "
-        s += "(row, layer)s compared \(m["layer_rows_compared"]!), skipped as missing \(m["layer_rows_skipped"]!)\n\n"
-        var rows: [[String]] = [["layer", "rows", "flip", "ordered", "jaccard", "changed", "router_kl", "weight_mae"]]
-        for p in j["per_layer"] as! [[String: Any]] {
-            rows.append(["\(p["layer"]!)", "\(p["layer_rows"]!)", g(p, "flip_rate"), g(p, "ordered_flip_rate"), g(p, "jaccard"),
-                         g(p, "mean_experts_changed", 3), g(p, "router_kl", 6), g(p, "weight_mae", 6)])
-        }
-        rows.append(["all", "\(m["layer_rows_compared"]!)", g(j, "flip_rate"), g(j, "ordered_flip_rate"), g(j, "jaccard"),
-                     g(j, "mean_experts_changed", 3), g(j, "router_kl", 6), g(j, "weight_mae", 6)])
-        s += table(rows) + "\n"
-        var r2: [[String]] = [["rows", "count", "flip", "any_layer_flip", "flipped_layers/row"]]
-        for key in ["prompt", "response"] {
-            let d = j[key] as! [String: Any]
-            r2.append([key, "\(d["rows"]!)", g(d, "flip_rate"), g(d, "token_any_layer_flip"), g(d, "mean_flipped_layers_per_row", 3)])
-        }
-        for d in j["buckets"] as! [[String: Any]] {
-            r2.append(["pos \(fmt(d["from"] as? Double, 2))–\(fmt(d["to"] as? Double, 2))", "\(d["rows"]!)", g(d, "flip_rate"),
-                       g(d, "token_any_layer_flip"), g(d, "mean_flipped_layers_per_row", 3)])
-        }
-        r2.append(["all", "\(acc.rows[0] + acc.rows[1])", g(j, "flip_rate"), g(j, "token_any_layer_flip"), g(j, "mean_flipped_layers_per_row", 3)])
-        s += table(r2)
-        if let p = policy { s += "\n" + p.text }
-        let top = topSequences
-        if !top.isEmpty {
-            s += "\nmost flipped sequences:\n"
-            s += table([["uid", "flipped_rows", "rows"]] + top.map { [$0.uid, "\($0.flipped)", "\($0.rows)"] })
-        }
-        return s
-    }
+/// ``diffPartial(a:b:options:)``, and how its join ran.
+public func diffPartialAndJoin(a pathsA: [String], b pathsB: [String], options: DiffOptions = DiffOptions()) throws -> (partial: DiffPartial, join: JoinStats) {
+    try runDiff(a: pathsA, b: pathsB, options: options)
 }
 
 /// Compares side A (behaviour) with side B (training), joined on uid and row position.
+///
+/// Throws when no sequence, or no row position, is in both sides. See ``diffPartial(a:b:options:)``
+/// for how memory stays bounded.
 public func diffTraces(a pathsA: [String], b pathsB: [String], options: DiffOptions = DiffOptions()) throws -> DiffReport {
+    let (p, stats) = try runDiff(a: pathsA, b: pathsB, options: options)
+    try p.checkMatched()
+    var rep = DiffReport(partial: p)
+    rep.join = stats
+    return rep
+}
+
+func runDiff(a pathsA: [String], b pathsB: [String], options: DiffOptions) throws -> (partial: DiffPartial, join: JoinStats) {
     let filesA = try expandTracePaths(pathsA), filesB = try expandTracePaths(pathsB)
     let ra = try openAll(filesA), rb = try openAll(filesB)
     let ga = ra[0].header.model, gb = rb[0].header.model
     try checkSameGeometry(ga, gb, filesA[0], filesB[0])
     let L = ga.moeLayers, k = ga.topK, E = ga.numExperts
     let threads = max(1, options.threads)
-    // Each side decodes a window of `threads` chunks ahead (halving it, as the two sides decode at the
-    // same time, was measured: no faster and no smaller).
     for r in ra + rb { r.threads = threads }
     try PolicyAcc.validate(thresholds: options.isThresholds)
-    var rep = DiffReport(acc: DiffAcc(L: L, k: k, E: E, buckets: options.buckets, isThresholds: options.isThresholds), layerMap: ga.layerMap, filesA: filesA, filesB: filesB)
-    rep.topN = options.top
-    rep.hasLogits = ra.allSatisfy { $0.header.columns.routerLogits != nil } && rb.allSatisfy { $0.header.columns.routerLogits != nil }
-    rep.hasWeights = ra.allSatisfy { $0.header.columns.topkWeights != nil } && rb.allSatisfy { $0.header.columns.topkWeights != nil }
-    rep.hasLogprobs = ra.allSatisfy { $0.header.columns.logprobs } && rb.allSatisfy { $0.header.columns.logprobs }
+    let shard = options.uidShard
+    var part = DiffPartial(inputs: [DiffInput(a: filesA, b: filesB, uidShards: ShardSet(count: shard.count, indices: [shard.index]))],
+                           model: ModelGeometry(numLayers: ga.numLayers, numExperts: E, topK: k, layerMap: ga.layerMap),
+                           buckets: options.buckets, top: options.top, isThresholds: options.isThresholds)
+    part.hasLogits = ra.allSatisfy { $0.header.columns.routerLogits != nil } && rb.allSatisfy { $0.header.columns.routerLogits != nil }
+    part.hasWeights = ra.allSatisfy { $0.header.columns.topkWeights != nil } && rb.allSatisfy { $0.header.columns.topkWeights != nil }
+    part.hasLogprobs = ra.allSatisfy { $0.header.columns.logprobs } && rb.allSatisfy { $0.header.columns.logprobs }
 
-    let chA = streamRecords(ra), chB = streamRecords(rb)
-    defer { chA.cancel(); chB.cancel() }
-    var pendA: [String: TraceRecord] = [:], pendB: [String: TraceRecord] = [:]
     var batch: [(TraceRecord, TraceRecord)] = []
     var batchRows = 0
-    var acc = rep.acc
+    var acc = part.acc
     let topKeep = options.top
 
     func flush() {
@@ -440,47 +321,31 @@ public func diffTraces(a pathsA: [String], b pathsB: [String], options: DiffOpti
             parts.set(t, local)
         }
         for t in 0..<nt { acc.merge(parts.get(t)) }
-        if acc.top.count > 4 * topKeep + 1024 {
-            acc.top = Array(acc.top.sorted { $0.flipped != $1.flipped ? $0.flipped > $1.flipped : $0.uid < $1.uid }.prefix(topKeep))
-        }
+        if acc.top.count > 4 * topKeep + 1024 { acc.keepTop(topKeep) }
         batch.removeAll(keepingCapacity: true)
         batchRows = 0
     }
-    func pair(_ x: TraceRecord, _ y: TraceRecord) {
-        rep.sequencesMatched += 1
+    var join = JoinOptions()
+    join.memoryBudget = options.memoryBudget
+    join.spillDirectory = options.spillDirectory
+    join.window = threads
+    join.shard = shard
+    join.stream = options.streamJoin
+    let stats = try joinByUID(a: ra, b: rb, options: join) { x, y in
+        part.sequencesMatched += 1
         batch.append((x, y))
         batchRows += min(x.rowCount, y.rowCount) + 1
         if batchRows >= 8192 || batch.count >= 512 { flush() }
     }
-    var doneA = false, doneB = false
-    while !(doneA && doneB) {
-        if !doneA {
-            if let r = try chA.take() {
-                if let o = pendB.removeValue(forKey: r.uid) { pair(r, o) } else if pendA[r.uid] == nil { pendA[r.uid] = r }
-                else { throw TraceError(.invalidInput, "uid \(r.uid) appears twice in side A") }
-            } else { doneA = true }
-        }
-        if !doneB {
-            if let r = try chB.take() {
-                if let o = pendA.removeValue(forKey: r.uid) { pair(o, r) } else if pendB[r.uid] == nil { pendB[r.uid] = r }
-                else { throw TraceError(.invalidInput, "uid \(r.uid) appears twice in side B") }
-            } else { doneB = true }
-        }
-    }
     flush()
     // Rows of sequences only one side has are rows present in only that side.
-    acc.rowsOnlyA += pendA.values.reduce(0) { $0 + $1.rowCount }
-    acc.rowsOnlyB += pendB.values.reduce(0) { $0 + $1.rowCount }
-    rep.acc = acc
-    rep.sequencesOnlyA = pendA.count
-    rep.sequencesOnlyB = pendB.count
-    if rep.sequencesMatched == 0 {
-        throw TraceError(.invalidInput, "no sequence is in both sides: A has \(pendA.count) uids, B has \(pendB.count), none shared (are these traces of the same rollouts?)")
-    }
-    if acc.matchedRows == 0 {
-        throw TraceError(.invalidInput, "\(rep.sequencesMatched) sequences match by uid but no row position is in both sides")
-    }
-    return rep
+    acc.rowsOnlyA += stats.rowsOnlyA
+    acc.rowsOnlyB += stats.rowsOnlyB
+    acc.keepTop(topKeep)
+    part.acc = acc
+    part.sequencesOnlyA = stats.sequencesOnlyA
+    part.sequencesOnlyB = stats.sequencesOnlyB
+    return (part, stats)
 }
 
 /// Result slots written by concurrent workers, each slot by one worker.

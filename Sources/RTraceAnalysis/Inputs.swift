@@ -41,44 +41,64 @@ func openAll(_ paths: [String]) throws(TraceError) -> [TraceReader] {
     return rs
 }
 
-/// A bounded queue of records filled by a reader thread. A taken record's slot is emptied at once, so
-/// the queue holds at most `capacity` records however large they are.
-final class RecordChannel: @unchecked Sendable {
+/// A bounded queue filled by a reader thread. A taken item's slot is emptied at once, so the queue
+/// holds at most `capacity` items however large they are, and, when items have a weight (bytes),
+/// at most `maxWeight` of it (or one item, however heavy).
+final class BoundedChannel<Element>: @unchecked Sendable {
     private let cond = NSCondition()
-    private var items: [TraceRecord?] = []
+    private var items: [Element?] = []
+    private var weights: [Int] = []
     private var head = 0
     private var finished = false
     private var failure: (any Error)?
     private let capacity: Int
+    private let maxWeight: Int
+    private let weigh: ((Element) -> Int)?
+    private var weight = 0
+    private var waitingPutters = 0, waitingTakers = 0
 
-    init(capacity: Int = 64) { self.capacity = capacity }
+    init(capacity: Int = 64, maxWeight: Int = .max, weight: ((Element) -> Int)? = nil) {
+        self.capacity = capacity
+        self.maxWeight = maxWeight
+        weigh = weight
+    }
 
     private var cancelled = false
 
     struct Cancelled: Error {}
 
-    /// Records the queue holds now (queued, not yet taken).
+    /// Items the queue holds now (queued, not yet taken).
     var held: Int {
         cond.lock()
         defer { cond.unlock() }
         return items.reduce(0) { $0 + ($1 == nil ? 0 : 1) }
     }
 
-    /// Adds a record, waiting while the queue is full; throws once the consumer has gone away.
-    func put(_ r: TraceRecord) throws {
+    /// Adds an item, waiting while the queue is full; throws once the consumer has gone away.
+    func put(_ r: Element) throws {
+        let w = weigh?(r) ?? 0
         cond.lock()
         defer { cond.unlock() }
-        while items.count - head >= capacity && !cancelled { cond.wait() }
+        while (items.count - head >= capacity || (items.count > head && weight + w > maxWeight)) && !cancelled {
+            waitingPutters += 1
+            cond.wait()
+            waitingPutters -= 1
+        }
         if cancelled { throw Cancelled() }
         items.append(r)
-        cond.broadcast()
+        weights.append(w)
+        weight += w
+        // Wake the consumer only when it waits (a signal per item costs a context switch each).
+        if waitingTakers > 0 { cond.broadcast() }
     }
 
-    /// Stops the producer (its next put throws) and drops queued records.
+    /// Stops the producer (its next put throws) and drops queued items.
     func cancel() {
         cond.lock()
         cancelled = true
         items.removeAll()
+        weights.removeAll()
+        weight = 0
         head = 0
         cond.broadcast()
         cond.unlock()
@@ -92,19 +112,26 @@ final class RecordChannel: @unchecked Sendable {
         cond.unlock()
     }
 
-    /// The next record, or nil at the end; rethrows the reader's error.
-    func take() throws -> TraceRecord? {
+    /// The next item, or nil at the end; rethrows the producer's error.
+    func take() throws -> Element? {
         cond.lock()
         defer { cond.unlock() }
-        while head == items.count && !finished { cond.wait() }
+        while head == items.count && !finished {
+            waitingTakers += 1
+            cond.wait()
+            waitingTakers -= 1
+        }
         if head < items.count {
             let r = items[head].take()!
+            weight -= weights[head]
             head += 1
             if head > 256 && head * 2 > items.count {
                 items.removeFirst(head)
+                weights.removeFirst(head)
                 head = 0
             }
-            cond.broadcast()
+            // Wake the producer once the queue has room for a few items (or is empty), not per item.
+            if waitingPutters > 0 && (items.count - head <= capacity / 2 || weight <= maxWeight / 2) { cond.broadcast() }
             return r
         }
         if let e = failure { throw e }
@@ -112,22 +139,33 @@ final class RecordChannel: @unchecked Sendable {
     }
 }
 
-struct UncheckedBox<T>: @unchecked Sendable { let value: T }
+/// The queue between a reader thread and diff/stats.
+typealias RecordChannel = BoundedChannel<TraceRecord>
 
-/// Streams the records of several readers, one after another, on a background thread.
-func streamRecords(_ readers: [TraceReader], capacity: Int = 8) -> RecordChannel {
-    let ch = RecordChannel(capacity: capacity)
-    let box = UncheckedBox(value: readers)
+/// Runs `produce` on a background thread (8 MiB stack) that fills `channel`, then finishes it with
+/// the error `produce` threw, if any.
+func startProducer<T>(_ channel: BoundedChannel<T>, _ produce: @escaping () throws -> Void) {
+    let body = UncheckedBox(value: produce)
     let t = Thread {
         do {
-            for r in box.value { try r.forEachRecord { try ch.put($0) } }
-            ch.finish(nil)
+            try body.value()
+            channel.finish(nil)
         } catch {
-            ch.finish(error)
+            channel.finish(error)
         }
     }
     t.stackSize = 8 << 20
     t.start()
+}
+
+struct UncheckedBox<T>: @unchecked Sendable { let value: T }
+
+/// Streams the records of several readers, one after another, on a background thread; the queue
+/// holds at most `capacity` records and `maxBytes` of them (or one record, however large).
+func streamRecords(_ readers: [TraceReader], capacity: Int = 8, maxBytes: Int = 4 << 20) -> RecordChannel {
+    let ch = RecordChannel(capacity: capacity, maxWeight: maxBytes) { RecordSpill.memoryBytes($0) }
+    let box = UncheckedBox(value: readers)
+    startProducer(ch) { for r in box.value { try r.forEachRecord { try ch.put($0) } } }
     return ch
 }
 
@@ -149,6 +187,24 @@ public struct ExactSum: Sendable, Equatable {
     public init?(text: String) {
         guard let r = Int128(text) else { return nil }
         raw = r
+    }
+}
+
+extension ExactSum: Codable {
+    /// Reads the decimal text of ``raw`` (JSON has no 128-bit integers).
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        let s = try c.decode(String.self)
+        guard let v = ExactSum(text: s) else {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "an exact sum must be the decimal text of a 128-bit integer, found \(s)")
+        }
+        self = v
+    }
+
+    /// Writes ``raw`` as decimal text.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(text)
     }
 }
 

@@ -39,19 +39,23 @@ def generate(seqs, rows, L, E, k, flip, seed):
         cur = np.concatenate([keep, new], axis=-1)
         ids[:, r] = cur
         prev = cur
+    return ids, change_one_expert(rng, ids, flip, E)
+
+def change_one_expert(rng, ids, rate, E):
+    """A copy of ids [..., k] where a fraction `rate` of the top-k sets has one expert replaced by one
+    not in the set (same slot)."""
     b = ids.copy()
-    mask = rng.random((seqs, rows, L)) < flip
-    idx = np.nonzero(mask)
-    slot = rng.integers(0, k, size=len(idx[0]))
-    cand = rng.integers(0, E, size=len(idx[0])).astype(np.int32)
+    idx = np.nonzero(rng.random(ids.shape[:-1]) < rate)
+    slot = rng.integers(0, ids.shape[-1], size=len(idx[0]))
+    cand = rng.integers(0, E, size=len(idx[0])).astype(ids.dtype)
     sets = b[idx]
     while True:
         clash = (sets == cand[:, None]).any(axis=1)
         if not clash.any():
             break
         cand[clash] = rng.integers(0, E, size=int(clash.sum()))
-    b[idx[0], idx[1], idx[2], slot] = cand
-    return ids, b
+    b[idx + (slot,)] = cand
+    return b
 
 NUMPY_DIFF = r'''
 import sys, numpy as np, json
