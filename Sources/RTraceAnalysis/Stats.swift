@@ -42,6 +42,10 @@ public struct LayerTally: Sendable, Equatable {
         }
         dropped += o.dropped; capacityAssignments += o.capacityAssignments
     }
+
+    mutating func dropLogits() {
+        entropySum = ExactSum(); logitRows = 0; probSum = []
+    }
 }
 
 /// The mergeable part of `rtrace stats`: geometry, options and per-layer tallies.
@@ -74,6 +78,9 @@ public struct StatsPartial: Sendable, Equatable {
         hasWeights = hasWeights && o.hasWeights
         hasLogits = hasLogits && o.hasLogits
         for l in layers.indices { layers[l].merge(o.layers[l]) }
+        // One `rtrace stats` over the union counts logits only when every input has them; a merge
+        // of partials must say the same, so logit tallies go when one side has none.
+        if !hasLogits { for l in layers.indices { layers[l].dropLogits() } }
     }
 
     /// Whether the per-layer tallies hold logit sums (set when the partial was made: every input has logits).

@@ -122,3 +122,23 @@ func statsTiny() -> [TraceRecord] {
     #expect(mixed.layers == plain.layers)
     #expect(mixed.records == 2 && mixed.rows == 4)
 }
+
+@Test func mergedPartialsDropLogitsLikeTheUnion() throws {
+    let d = tempDir()
+    let recs = statsTiny()
+    let withLogits = try write(d + "/with.rtrace", header(statsGeometry, logprobs: false), [recs[0]])
+    let noLogits = recs.map { r in var r = r; r.logits = nil; return r }
+    let without = try write(d + "/without.rtrace", header(statsGeometry, logits: nil, logprobs: false), [noLogits[1]])
+    let union = try statsTraces([withLogits, without], options: StatsOptions())
+    var jsons: [String] = []
+    for (i, f) in [withLogits, without].enumerated() {
+        let path = d + "/p\(i).json"
+        try prettyJSON(try statsTraces([f], options: StatsOptions()).json).write(toFile: path, atomically: true, encoding: .utf8)
+        jsons.append(path)
+    }
+    let merged = try mergeStats(jsons)
+    #expect(!merged.hasLogits)
+    #expect(merged == union)
+    #expect(merged.derived(0).auxLoss == nil && merged.derived(0).routerEntropy == nil)
+    #expect(prettyJSON(merged.json["layers"]!) == prettyJSON(union.json["layers"]!))
+}
