@@ -410,29 +410,39 @@ class Reader:
         asm = _Assembler(self)
         out = None
         for ci in range(fc, fc + cc):
-            off, flen, first, P, R = ix["chunks"][ci]
-            self._src.seek(off)
-            magic = self._src.read(4)
-            if magic != F.CHUNK_MAGIC:
-                raise FormatError(f"{name}: index chunk {ci} points at {magic!r}, not a chunk", off, "corrupt")
-            try:
-                chunk = self._read_chunk(off)
-            except FormatError as e:
-                if e.kind != "truncated":
-                    raise
-                raise FormatError(f"{name}: index chunk {ci} points at a chunk that is not there: {e}", off,
-                                  "corrupt") from None
-            decoded = chunk.decode()
-            pc = decoded[0]
-            if chunk.frame_len != flen or int(pc["record"][0]) != first or chunk.P != P or chunk.R != R:
-                raise FormatError(f"{name}: index chunk {ci} disagrees with the chunk at offset {off} (length, "
-                                  f"first record, pieces or rows)", off, "corrupt")
+            chunk = self._indexed_chunk(ci)
+            decoded = self._checked_decode(ci, chunk, chunk.decode())
             for rec in asm.feed(chunk, only=ordinal, seq_check=False, decoded=decoded):
                 out = rec
         if out is None or out.uid != uid or out.n_rows != rows or len(out.tokens) != toks:
             raise FormatError(f"{name}: index record {ordinal} ({uid!r}) disagrees with the chunks it points at",
                               None, "corrupt")
         return out
+
+    def _indexed_chunk(self, ci: int) -> "_ChunkData":
+        """Chunk ``ci`` of the index, read (not yet decoded)."""
+        name = self._src.name
+        off = self._index["chunks"][ci][0]
+        self._src.seek(off)
+        magic = self._src.read(4)
+        if magic != F.CHUNK_MAGIC:
+            raise FormatError(f"{name}: index chunk {ci} points at {magic!r}, not a chunk", off, "corrupt")
+        try:
+            return self._read_chunk(off)
+        except FormatError as e:
+            if e.kind != "truncated":
+                raise
+            raise FormatError(f"{name}: index chunk {ci} points at a chunk that is not there: {e}", off,
+                              "corrupt") from None
+
+    def _checked_decode(self, ci: int, chunk: "_ChunkData", decoded):
+        """``decoded`` (chunk ``ci``'s decode()), after checking that the index entry agrees with the chunk
+        (spec §7: the chunks win)."""
+        off, flen, first, P, R = self._index["chunks"][ci]
+        if chunk.frame_len != flen or int(decoded[0]["record"][0]) != first or chunk.P != P or chunk.R != R:
+            raise FormatError(f"{self._src.name}: index chunk {ci} disagrees with the chunk at offset {off} "
+                              f"(length, first record, pieces or rows)", off, "corrupt")
+        return decoded
 
     def read_chunks(self, first: int, end: int):
         """Yields, in order, the records whose FIRST piece lies in chunks ``first`` … ``end - 1`` of the
@@ -467,18 +477,7 @@ class Reader:
         queue = []   # (chunk index, chunk, decoded future or None), decoded one chunk ahead
         done = 0
         for c in range(begin, last):
-            off = chunks[c][0]
-            self._src.seek(off)
-            magic = self._src.read(4)
-            if magic != F.CHUNK_MAGIC:
-                raise FormatError(f"{name}: index chunk {c} points at {magic!r}, not a chunk", off, "corrupt")
-            try:
-                chunk = self._read_chunk(off)
-            except FormatError as e:
-                if e.kind != "truncated":
-                    raise
-                raise FormatError(f"{name}: index chunk {c} points at a chunk that is not there: {e}", off,
-                                  "corrupt") from None
+            chunk = self._indexed_chunk(c)
             if self.threads:
                 chunk.prefetch()
                 queue.append((c, chunk, _decode_pool().submit(chunk.decode)))
@@ -486,11 +485,7 @@ class Reader:
                 queue.append((c, chunk, None))
             while len(queue) > (1 if self.threads and c + 1 < last else 0):
                 ci, ch, fut = queue.pop(0)
-                decoded = ch.decode() if fut is None else fut.result()
-                _off, flen, first_rec, P, R = chunks[ci]
-                if ch.frame_len != flen or int(decoded[0]["record"][0]) != first_rec or ch.P != P or ch.R != R:
-                    raise FormatError(f"{name}: index chunk {ci} disagrees with the chunk at offset {ch.at} "
-                                      f"(length, first record, pieces or rows)", ch.at, "corrupt")
+                decoded = self._checked_decode(ci, ch, ch.decode() if fut is None else fut.result())
                 for rec in asm.feed(ch, keep=keep, lead=ci == begin, decoded=decoded):
                     _fc, _cc, rows, toks, uid = records[rec.ordinal]
                     if rec.uid != uid or rec.n_rows != rows or len(rec.tokens) != toks:
