@@ -202,6 +202,14 @@ def test_stats_equals_the_cli(rr, shards):
         assert want["drop_rate"] is not None and want["ep"]["ranks"] == 4
 
 
+@pytest.mark.xfail(strict=True, reason="rtrace merge keeps the logit sums of files with logits when the union drops "
+                   "them (not every file has logits), where one rtrace stats over the union leaves them out: "
+                   "/work/notes/i15ray-needs.md item 5; remove this mark when the CLI's merge agrees")
+def test_stats_when_only_some_files_carry_logits(rr, shards):
+    files = shards["b2"]   # shard 1 has no router_logits
+    assert_same(rr.stats(files), cli("stats", *files, "--json"))
+
+
 def test_errors_name_the_file(rr, shards, tmp_path):
     a = shards["a"]
     empty = tmp_path / "empty.rtrace"
@@ -224,7 +232,7 @@ def test_errors_name_the_file(rr, shards, tmp_path):
     off, flen = rtrace.Reader(a[2]).index["chunks"][1][:2]
     data[off + flen - 5] ^= 0x55
     bad.write_bytes(bytes(data))
-    with pytest.raises(rtrace.FormatError, match="damaged.rtrace: CRC mismatch"):
+    with pytest.raises(rtrace.FormatError, match="damaged.rtrace: .*CRC mismatch"):
         rr.diff(a[:2] + [str(bad)], shards["b"], partitions=2)
     with pytest.raises(rr.CommandError, match="damaged.rtrace"):
         rr.diff(a[:2] + [str(bad)], shards["b"], partitions=2, strategy="uid-shard")
