@@ -38,7 +38,7 @@ from ._plan import as_dtype
 
 HEADER_KEY = b"rtrace.header"
 
-__all__ = ["HEADER_KEY", "records_to_table", "table_records", "header_of"]
+__all__ = ["HEADER_KEY", "records_to_table", "table_records", "header_of", "header_for_table"]
 
 
 def _tensors(arrays: List[np.ndarray]):
@@ -114,3 +114,33 @@ def table_records(t: pa.Table) -> Iterator[dict]:
         if "attrs" in kw:
             kw["attrs"] = json.loads(kw["attrs"])
         yield kw
+
+
+def header_for_table(header: dict, t: pa.Table) -> dict:
+    """A header with ``columns`` (taken from the table's columns and dtypes when not given)."""
+    if "columns" in header:
+        return header
+    h = dict(header)
+    cols = {"topk_ids": "u8" if h["model"]["num_experts"] <= 256 else "u16", "tokens": "i32"}
+    kinds = {"float16": "f16", "float32": "f32", "uint16": "bf16"}
+    for key in ("topk_weights", "router_logits"):
+        if key in t.column_names:
+            dt = _dtype_of(t.column(key))
+            if dt not in kinds:
+                raise ValueError(f"column {key} holds {dt}: write_rtrace writes float16, float32 or uint16 (bf16 bits)")
+            cols[key] = kinds[dt]
+    if "logprobs" in t.column_names:
+        cols["logprobs"] = "f32"
+    h["columns"] = cols
+    return h
+
+
+def _dtype_of(col: pa.ChunkedArray) -> str:
+    """The numpy dtype name of a tensor column's elements (Ray's tensor types, or nested lists)."""
+    vt = getattr(col.type, "value_type", None)
+    if isinstance(col.type, pa.ExtensionType) and vt is not None:
+        return str(np.dtype(vt.to_pandas_dtype()))
+    for a in _arrays(col):
+        if a is not None:
+            return str(a.dtype)
+    return "float32"

@@ -39,7 +39,7 @@ import ray
 from ray.data import Datasink, Datasource, ReadTask
 from ray.data.block import BlockAccessor, BlockMetadata
 
-from ._arrow import header_of, records_to_table, table_records
+from ._arrow import header_for_table, header_of, records_to_table, table_records
 from ._cli import CommandError, find_rtrace, run_rtrace
 from ._format import FormatError
 from ._plan import ReadUnit, TraceFile, check_geometry, common_columns, expand_paths, open_files, plan_units
@@ -135,33 +135,6 @@ def read_rtrace(paths, *, rows_per_task: Optional[int] = None, include_paths: bo
                                                      allow_incomplete=allow_incomplete), **read_args)
 
 
-def _complete_header(header: dict, t) -> dict:
-    """A header with ``columns`` (taken from the table's columns and dtypes when not given)."""
-    if "columns" in header:
-        return header
-    h = dict(header)
-    cols = {"topk_ids": "u8" if h["model"]["num_experts"] <= 256 else "u16", "tokens": "i32"}
-    kinds = {"float16": "f16", "float32": "f32", "uint16": "bf16"}
-    for key in ("topk_weights", "router_logits"):
-        if key in t.column_names:
-            dt = _dtype_of(t.column(key))
-            if dt not in kinds:
-                raise ValueError(f"column {key} holds {dt}: write_rtrace writes float16, float32 or uint16 (bf16 bits)")
-            cols[key] = kinds[dt]
-    if "logprobs" in t.column_names:
-        cols["logprobs"] = "f32"
-    h["columns"] = cols
-    return h
-
-
-def _dtype_of(col) -> str:
-    """The numpy dtype name of a tensor column's elements."""
-    from ._arrow import _arrays
-    for a in _arrays(col.slice(0, 1)):
-        return str(a.dtype)
-    return "float32"
-
-
 class RTraceDatasink(Datasink):
     """Writes each non-empty block as one ``.rtrace`` file ``<prefix>-<write id>-<task>-<block>.rtrace``
     in the directory ``path`` (made if needed; a file appears only once complete). The header is
@@ -193,13 +166,16 @@ class RTraceDatasink(Datasink):
                 raise ValueError("write_rtrace: the blocks carry no trace header (the dataset was not read with "
                                  "read_rtrace, or a transform dropped its schema metadata): pass header= "
                                  "(at least {'model': {'num_layers', 'num_experts', 'top_k', ...}})")
-            header = _complete_header(header, t)
+            header = header_for_table(header, t)
             name = os.path.join(self.path, f"{self.prefix}-{self.write_id}-{ctx.task_idx:05d}-{i:04d}.rtrace")
             tmp = name + ".tmp"
             try:
                 with Writer(tmp, compress=self.compress, chunk_bytes=self.chunk_bytes, **writer_args(header)) as w:
                     for kw in table_records(t):
-                        w.add(**kw)
+                        try:
+                            w.add(**kw)
+                        except ValueError as e:
+                            raise ValueError(f"write_rtrace: record {kw.get('uid')!r}: {e}") from None
                 os.replace(tmp, name)
             finally:
                 if os.path.exists(tmp):

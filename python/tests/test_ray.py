@@ -6,6 +6,7 @@ import math
 import os
 import random
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -160,6 +161,29 @@ def test_read_write_round_trip(rr, tmp_path, shards):
         # each shard carries the header of the file its block came from, as it was
         headers = {json.dumps(rtrace.Reader(p).header, sort_keys=True) for p in inputs}
         assert {json.dumps(rtrace.Reader(f).header, sort_keys=True) for f in files} == headers
+
+
+def test_write_rtrace_of_another_dataset(rr, tmp_path):
+    import ray
+    rng = np.random.default_rng(2)
+    items = [dict(uid=f"s{i}", topk_ids=rng.integers(0, 16, (i + 1, 2, 3)).astype(np.int32),
+                  topk_weights=rng.random((i + 1, 2, 3)).astype(np.float16), reward=float(i)) for i in range(4)]
+    ds = ray.data.from_items(items)
+    with pytest.raises(ValueError, match="carry no trace header"):
+        rr.write_rtrace(ds, tmp_path / "x")
+    files = rr.write_rtrace(ds, tmp_path / "y", header={"model": dict(num_layers=2, num_experts=16, top_k=3)})
+    got = _records_of(files)
+    assert rtrace.Reader(files[0]).header["columns"]["topk_weights"] == "f16"
+    for it in items:
+        r = got[it["uid"]]
+        assert np.array_equal(r.topk_ids, it["topk_ids"]) and r.topk_weights.tobytes() == it["topk_weights"].tobytes()
+        assert r.reward == it["reward"] and r.group is None and len(r.tokens) == 0
+
+
+def test_import_rtrace_does_not_import_ray():
+    code = "import sys, rtrace; assert 'ray' not in sys.modules; import rtrace.ray; assert 'ray' in sys.modules"
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
 
 
 def test_diff_equals_the_cli_on_the_samples(rr):
