@@ -29,8 +29,9 @@ def rr():
     if not BIN:
         msg = "RTRACE_BIN is not set: rtrace.ray computes every metric with the rtrace executable"
         pytest.fail(msg) if NO_SKIP else pytest.skip(msg)
-    if subprocess.run([BIN, "merge", "--help"], capture_output=True).returncode != 0:
-        pytest.fail(f"{BIN} has no `rtrace merge`: rtrace.ray needs issue 15's CLI (rtrace diff --partial, rtrace merge)")
+    if "--partial" not in subprocess.run([BIN, "diff", "--help"], capture_output=True, text=True).stdout:
+        pytest.fail(f"{BIN} has no `rtrace diff --partial`: rtrace.ray needs issue 15's CLI (rtrace diff --partial, "
+                    f"rtrace merge)")
     import ray
     pkg = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
