@@ -91,17 +91,16 @@ def _gather(path: str, parts: Iterable[Tuple[Optional[bytes], str]], header: dic
 
 
 def diff_partition(p: int, n: int, parts_a, parts_b, header_a: dict, header_b: dict, names_a: List[str],
-                   names_b: List[str], exe: str, top: int, buckets: int, workdir: Optional[str] = None) -> dict:
+                   names_b: List[str], exe: str, options: Sequence = (), workdir: Optional[str] = None) -> dict:
     """The diff partial of uid partition ``p`` of ``n``: ``parts_a``/``parts_b`` iterate (trace bytes or
-    None, label) of each side; returns the partial (``rtrace diff --partial``) labelled uid shard p/n of
-    the files ``names_a``/``names_b``."""
+    None, label) of each side; returns the partial (``rtrace diff --partial OPTIONS``) labelled uid shard
+    p/n of the files ``names_a``/``names_b``."""
     tmp = tempfile.mkdtemp(prefix=f"rtrace-part{p}-", dir=workdir)
     try:
         pa, pb = os.path.join(tmp, "a.rtrace"), os.path.join(tmp, "b.rtrace")
         _gather(pa, parts_a, header_a, "A")
         _gather(pb, parts_b, header_b, "B")
-        out = run_rtrace(exe, ["diff", "--a", pa, "--b", pb, "--partial", "--top", top, "--buckets", buckets,
-                               "--spill-dir", tmp],
+        out = run_rtrace(exe, ["diff", "--a", pa, "--b", pb, "--partial", *options, "--spill-dir", tmp],
                          replace={pa: f"side A of uid partition {p}/{n}", pb: f"side B of uid partition {p}/{n}"})
         return relabel(json.loads(out), names_a, names_b, p, n)
     finally:

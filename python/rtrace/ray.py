@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import ray
 from ray.data import Datasink, Datasource, ReadTask
@@ -256,17 +256,16 @@ def _split_task(unit: ReadUnit, header: dict, n: int):
     return (*blobs, rows)
 
 
-def _reduce_task(p, n, refs_a, labels_a, refs_b, labels_b, header_a, header_b, names_a, names_b, exe, top,
-                 buckets):
+def _reduce_task(p, n, refs_a, labels_a, refs_b, labels_b, header_a, header_b, names_a, names_b, exe, options):
     parts_a = ((ray.get(r), label) for r, label in zip(refs_a, labels_a))
     parts_b = ((ray.get(r), label) for r, label in zip(refs_b, labels_b))
     return diff_partition(p, n, parts_a, parts_b, header_a, header_b, names_a, names_b, _worker_rtrace(exe),
-                          top, buckets)
+                          options)
 
 
-def _uid_shard_task(p, n, paths_a, paths_b, names_a, names_b, exe, top, buckets):
+def _uid_shard_task(p, n, paths_a, paths_b, names_a, names_b, exe, options):
     out = run_rtrace(_worker_rtrace(exe), ["diff", "--a", *paths_a, "--b", *paths_b, "--partial", "--uid-shard",
-                                           f"{p}/{n}", "--top", top, "--buckets", buckets])
+                                           f"{p}/{n}", *options])
     return relabel(json.loads(out), names_a, names_b, p, n)
 
 
@@ -301,10 +300,11 @@ _uid_shard_remote = ray.remote(_uid_shard_task)
 _stats_remote = ray.remote(_stats_task)
 
 
-def diff(a_paths, b_paths, *, top: int = 10, buckets: int = 4, partitions: Optional[int] = None,
-         strategy: str = "shuffle", rows_per_task: Optional[int] = None, rtrace_bin: Optional[str] = None) -> dict:
-    """What ``rtrace diff --a A… --b B… --json --top TOP --buckets BUCKETS`` prints for the files of
-    ``a_paths`` and ``b_paths`` (files or directories), as a dict, computed on the Ray cluster
+def diff(a_paths, b_paths, *, top: int = 10, buckets: int = 4, is_thresholds: Sequence[float] = (),
+         partitions: Optional[int] = None, strategy: str = "shuffle", rows_per_task: Optional[int] = None,
+         rtrace_bin: Optional[str] = None) -> dict:
+    """What ``rtrace diff --a A… --b B… --json --top TOP --buckets BUCKETS [--is-threshold C…]`` prints
+    for the files of ``a_paths`` and ``b_paths`` (files or directories), as a dict, computed on the Ray cluster
     (``ray.init()`` first, or this calls it): the join co-partitioned by uid into ``partitions`` parts
     (default: the cluster's CPUs), each part's exact partial made by ``rtrace diff --partial``, the
     partials added by ``rtrace merge``. ``strategy``: ``"shuffle"`` or ``"uid-shard"`` (module
@@ -315,17 +315,21 @@ def diff(a_paths, b_paths, *, top: int = 10, buckets: int = 4, partitions: Optio
     refuses (no uid in both sides, …), as the CLI would."""
     if strategy not in ("shuffle", "uid-shard"):
         raise ValueError(f"strategy must be 'shuffle' or 'uid-shard', not {strategy!r}")
+    if partitions is not None and partitions < 1:
+        raise ValueError(f"partitions must be at least 1, not {partitions}")
+    options = ["--top", int(top), "--buckets", int(buckets)]
+    for c in is_thresholds:
+        options += ["--is-threshold", repr(float(c))]
     exe = find_rtrace(rtrace_bin)
     files_a, files_b = _inputs(a_paths), _inputs(b_paths)
     check_geometry(files_b, files_a[0])
     names_a, names_b = [f.name for f in files_a], [f.name for f in files_b]
     _init()
     n = int(partitions or _cpus())
-    if n < 1:
-        raise ValueError("partitions must be at least 1")
     if strategy == "uid-shard":
-        partials = _get([_uid_shard_remote.remote(p, n, [f.path for f in files_a], [f.path for f in files_b], names_a, names_b,
-                                     exe, top, buckets) for p in range(n)])
+        paths_a, paths_b = [f.path for f in files_a], [f.path for f in files_b]
+        partials = _get([_uid_shard_remote.remote(p, n, paths_a, paths_b, names_a, names_b, exe, options)
+                         for p in range(n)])
     else:
         if rows_per_task is None:
             total = sum(_file_rows(f) for f in files_a + files_b)
@@ -338,7 +342,7 @@ def diff(a_paths, b_paths, *, top: int = 10, buckets: int = 4, partitions: Optio
         _get([r[n] for r in refs_a + refs_b])   # every part written (a damaged file fails here, named)
         partials = _get([_reduce_remote.remote(p, n, [r[p] for r in refs_a], [u.label for u in units_a],
                                        [r[p] for r in refs_b], [u.label for u in units_b], ha, hb, names_a,
-                                       names_b, exe, top, buckets) for p in range(n)])
+                                       names_b, exe, options) for p in range(n)])
     return _merge(exe, partials, ["--json"])
 
 
@@ -350,6 +354,8 @@ def stats(paths, *, capacity_factor: Optional[float] = None, batch_tokens: int =
     With ``capacity_factor``, whose batches of ``batch_tokens`` rows run on from one file into the next,
     a task takes the files up to a batch boundary (``stats_groups``): files whose rows are not multiples
     of ``batch_tokens`` go to one task together. Errors as ``diff``."""
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be at least 1, not {batch_tokens}")
     exe = find_rtrace(rtrace_bin)
     files = _inputs(paths)
     _init()

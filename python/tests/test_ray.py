@@ -191,8 +191,11 @@ def test_diff_equals_the_cli_on_the_samples(rr):
     for b in TRAINS:
         want = cli("diff", ROLLOUT, b, "--json")
         assert_same(rr.diff(ROLLOUT, b, rows_per_task=200), want)
-    want = cli("diff", ROLLOUT, TRAINS[2], "--json", "--top", 3, "--buckets", 7)
-    assert_same(rr.diff(ROLLOUT, TRAINS[2], top=3, buckets=7, strategy="uid-shard", partitions=3), want)
+    want = cli("diff", ROLLOUT, TRAINS[2], "--json", "--top", 3, "--buckets", 7, "--is-threshold", 1.05,
+               "--is-threshold", 3)
+    assert_same(rr.diff(ROLLOUT, TRAINS[2], top=3, buckets=7, is_thresholds=[1.05, 3]), want)
+    assert_same(rr.diff(ROLLOUT, TRAINS[2], top=3, buckets=7, is_thresholds=[1.05, 3], strategy="uid-shard",
+                        partitions=3), want)
 
 
 def test_diff_on_shuffled_uneven_shards(rr, shards):
