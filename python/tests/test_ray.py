@@ -230,9 +230,6 @@ def test_stats_equals_the_cli(rr, shards):
         assert want["drop_rate"] is not None and want["ep"]["ranks"] == 4
 
 
-@pytest.mark.xfail(strict=True, reason="rtrace merge keeps the logit sums of files with logits when the union drops "
-                   "them (not every file has logits), where one rtrace stats over the union leaves them out: "
-                   "/work/notes/i15ray-needs.md item 5; remove this mark when the CLI's merge agrees")
 def test_stats_when_only_some_files_carry_logits(rr, shards):
     files = shards["b2"]   # shard 1 has no router_logits
     assert_same(rr.stats(files), cli("stats", *files, "--json"))
