@@ -108,6 +108,7 @@ bench: deps release
 	$(PY) bench/npz/bench.py --rtrace $(RELEASE)
 	cd python && ../$(PY) setup.py -q build_ext --inplace
 	RTRACE_BIN=$(RELEASE) PYTHONPATH=python $(PY) python/bench_python.py
+	RTRACE_BIN=$(RELEASE) PYTHONPATH=python $(PY) bench/ray/bench.py --rtrace $(RELEASE)
 	$(PY) bench/import/bench.py --rtrace $(RELEASE)
 
 experiment: deps

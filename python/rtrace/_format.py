@@ -57,10 +57,14 @@ class FormatError(Exception):
     (or None), ``kind`` the error kind of spec §9 (truncated, notATrace, checksum, ...)."""
 
     def __init__(self, message: str, offset: int | None = None, kind: str = "corrupt"):
+        self.message = message
         self.offset = offset
         self.kind = kind
         where = f" at byte {offset}" if offset is not None else ""
         super().__init__(f"{kind}{where}: {message}")
+
+    def __reduce__(self):   # pickled whole (multiprocessing, Ray tasks), not as its formatted text
+        return type(self), (self.message, self.offset, self.kind)
 
 
 def crc32(b) -> int:

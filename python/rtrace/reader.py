@@ -1,6 +1,7 @@
 """Reading .rtrace files (spec/format.md)."""
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import os
@@ -409,29 +410,92 @@ class Reader:
         asm = _Assembler(self)
         out = None
         for ci in range(fc, fc + cc):
-            off, flen, first, P, R = ix["chunks"][ci]
-            self._src.seek(off)
-            magic = self._src.read(4)
-            if magic != F.CHUNK_MAGIC:
-                raise FormatError(f"{name}: index chunk {ci} points at {magic!r}, not a chunk", off, "corrupt")
-            try:
-                chunk = self._read_chunk(off)
-            except FormatError as e:
-                if e.kind != "truncated":
-                    raise
-                raise FormatError(f"{name}: index chunk {ci} points at a chunk that is not there: {e}", off,
-                                  "corrupt") from None
-            decoded = chunk.decode()
-            pc = decoded[0]
-            if chunk.frame_len != flen or int(pc["record"][0]) != first or chunk.P != P or chunk.R != R:
-                raise FormatError(f"{name}: index chunk {ci} disagrees with the chunk at offset {off} (length, "
-                                  f"first record, pieces or rows)", off, "corrupt")
+            chunk = self._indexed_chunk(ci)
+            decoded = self._checked_decode(ci, chunk, chunk.decode())
             for rec in asm.feed(chunk, only=ordinal, seq_check=False, decoded=decoded):
                 out = rec
         if out is None or out.uid != uid or out.n_rows != rows or len(out.tokens) != toks:
             raise FormatError(f"{name}: index record {ordinal} ({uid!r}) disagrees with the chunks it points at",
                               None, "corrupt")
         return out
+
+    def _indexed_chunk(self, ci: int) -> "_ChunkData":
+        """Chunk ``ci`` of the index, read (not yet decoded)."""
+        name = self._src.name
+        off = self._index["chunks"][ci][0]
+        self._src.seek(off)
+        magic = self._src.read(4)
+        if magic != F.CHUNK_MAGIC:
+            raise FormatError(f"{name}: index chunk {ci} points at {magic!r}, not a chunk", off, "corrupt")
+        try:
+            return self._read_chunk(off)
+        except FormatError as e:
+            if e.kind != "truncated":
+                raise
+            raise FormatError(f"{name}: index chunk {ci} points at a chunk that is not there: {e}", off,
+                              "corrupt") from None
+
+    def _checked_decode(self, ci: int, chunk: "_ChunkData", decoded):
+        """``decoded`` (chunk ``ci``'s decode()), after checking that the index entry agrees with the chunk
+        (spec §7: the chunks win)."""
+        off, flen, first, P, R = self._index["chunks"][ci]
+        if chunk.frame_len != flen or int(decoded[0]["record"][0]) != first or chunk.P != P or chunk.R != R:
+            raise FormatError(f"{self._src.name}: index chunk {ci} disagrees with the chunk at offset {off} "
+                              f"(length, first record, pieces or rows)", off, "corrupt")
+        return decoded
+
+    def read_chunks(self, first: int, end: int):
+        """Yields, in order, the records whose FIRST piece lies in chunks ``first`` … ``end - 1`` of the
+        index; a record that continues past chunk ``end - 1`` is read to its end from the chunks after.
+
+        Ranges that tile ``0 … n_chunks`` (``len(reader.index["chunks"])``) yield every record exactly
+        once, so several processes or machines can each read one range of a large file. Needs a complete,
+        seekable file (the index); raises ``IndexError`` for a range outside ``0 … n_chunks`` and
+        ``FormatError`` (naming the file) for damage, as iteration does."""
+        ix = self._parse_index()
+        if ix is None:
+            raise TypeError("read_chunks() needs a complete, seekable trace (it reads the index)")
+        first, end = int(first), int(end)
+        chunks, records = ix["chunks"], ix["records"]
+        if not 0 <= first <= end <= len(chunks):
+            raise IndexError(f"{self._src.name}: chunk range {first}:{end} outside 0:{len(chunks)}")
+        firsts = ix.get("first_chunks")
+        if firsts is None:
+            firsts = ix["first_chunks"] = [r[0] for r in records]
+        o0, o1 = bisect.bisect_left(firsts, first), bisect.bisect_left(firsts, end)
+        if o0 == o1:
+            return
+        last = max(records[o][0] + records[o][1] for o in range(o0, o1))
+        if last > len(chunks):
+            raise FormatError(f"{self._src.name}: index entry of record {o1 - 1} names chunk {last - 1} of "
+                              f"{len(chunks)}", None)
+        begin = records[o0][0]   # the chunks before it only continue records before o0
+        name = self._src.name
+        asm = _Assembler(self)
+        asm.next_ordinal = o0
+        keep = range(o0, o1)
+        queue = []   # (chunk index, chunk, decoded future or None), decoded one chunk ahead
+        done = 0
+        for c in range(begin, last):
+            chunk = self._indexed_chunk(c)
+            if self.threads:
+                chunk.prefetch()
+                queue.append((c, chunk, _decode_pool().submit(chunk.decode)))
+            else:
+                queue.append((c, chunk, None))
+            while len(queue) > (1 if self.threads and c + 1 < last else 0):
+                ci, ch, fut = queue.pop(0)
+                decoded = self._checked_decode(ci, ch, ch.decode() if fut is None else fut.result())
+                for rec in asm.feed(ch, keep=keep, lead=ci == begin, decoded=decoded):
+                    _fc, _cc, rows, toks, uid = records[rec.ordinal]
+                    if rec.uid != uid or rec.n_rows != rows or len(rec.tokens) != toks:
+                        raise FormatError(f"{name}: index record {rec.ordinal} ({uid!r}) disagrees with the chunks "
+                                          f"it points at", ch.at, "corrupt")
+                    done += 1
+                    yield rec
+        if done != o1 - o0:
+            raise FormatError(f"{name}: chunks {begin}:{last} hold {done} of the {o1 - o0} records the index "
+                              f"places in chunks {first}:{end}", None, "corrupt")
 
     # scanning --------------------------------------------------------------------------------
     def __iter__(self):
@@ -1279,7 +1343,11 @@ class _Assembler:
             elif ordinal < len(rb["records"]):
                 rb["records"][ordinal][1] += 1
 
-    def feed(self, chunk: _ChunkData, only: Optional[int] = None, seq_check: bool = True, decoded=None):
+    def feed(self, chunk: _ChunkData, only: Optional[int] = None, seq_check: bool = True, decoded=None,
+             keep: Optional[range] = None, lead: bool = False):
+        """Assembles the chunk's pieces; returns the records completed in it. ``only``: the one ordinal
+        wanted (get()); ``keep``: the ordinals wanted (read_chunks(); the others are checked, not kept);
+        ``lead``: the chunk starts a read, so a leading piece continuing an earlier record is skipped."""
         rd = self.rd
         name = rd._src.name
         at = chunk.at
@@ -1326,7 +1394,7 @@ class _Assembler:
                                       f"missing or out of order", at, "corrupt")
                 self.next_ordinal = ordinal + 1
                 NR = e["n_rows"]
-                want = only is None or only == ordinal
+                want = (only is None or only == ordinal) and (keep is None or ordinal in keep)
                 rec = Record(uid=e["uid"], group=e["group"], tokens=toks.astype(np.int32), prompt_len=e["prompt_len"],
                              start=e["start"], topk_ids=np.empty((NR, rd.L, rd.k), dtype=np.int32) if want else None,
                              topk_weights=(np.empty((NR, rd.L, rd.k), dtype=rd.wdt) if want
@@ -1341,8 +1409,8 @@ class _Assembler:
                 self.filled = 0
             else:
                 if self.pending is None:
-                    if not seq_check:
-                        continue  # get(): a continuation of a record we do not want
+                    if not seq_check or lead:
+                        continue  # get(), read_chunks(): a continuation of a record we do not want
                     raise FormatError(f"{name}: piece of record {ordinal} continues a record that did not start",
                                       at, "corrupt")
                 if ordinal != self.pending.ordinal or ro != self.filled:

@@ -400,19 +400,25 @@ class Writer:
             return
         self.flush()
         self._closed = True
-        body = [struct.pack("<Q", len(self._chunks))]
-        body += [struct.pack("<QQQII", *c) for c in self._chunks]
-        body.append(struct.pack("<Q", len(self._records)))
-        body += [struct.pack("<IIIII", fc, nc, nr, nt, len(uid)) + uid for fc, nc, nr, nt, uid in self._records]
-        body.append(struct.pack("<QQ", self._total_rows, self._total_tokens))
-        body = b"".join(body)
-        frame = b"RTIX" + struct.pack("<IQ", 0, len(body)) + body
-        frame += struct.pack("<I", F.crc32(frame))
-        at = self._sink.offset
-        t = struct.pack("<QQI", at, len(frame), len(self._chunks))
-        t += struct.pack("<I", F.crc32(t)) + F.END_MAGIC
-        self._sink.write(frame + t)
+        self._sink.write(index_and_trailer(self._sink.offset, self._chunks, self._records, self._total_rows,
+                                           self._total_tokens))
         self._sink.close()
+
+
+def index_and_trailer(at: int, chunks, records, total_rows: int, total_tokens: int) -> bytes:
+    """The index frame and trailer (spec §7) of a file whose index starts at byte ``at``. ``chunks``:
+    (offset, frame_len, first_record, n_pieces, n_rows) per chunk; ``records``: (first_chunk, n_chunks,
+    n_rows, n_tokens, uid bytes) per record."""
+    body = [struct.pack("<Q", len(chunks))]
+    body += [struct.pack("<QQQII", *c) for c in chunks]
+    body.append(struct.pack("<Q", len(records)))
+    body += [struct.pack("<IIIII", fc, nc, nr, nt, len(uid)) + uid for fc, nc, nr, nt, uid in records]
+    body.append(struct.pack("<QQ", total_rows, total_tokens))
+    body = b"".join(body)
+    frame = b"RTIX" + struct.pack("<IQ", 0, len(body)) + body
+    frame += struct.pack("<I", F.crc32(frame))
+    t = struct.pack("<QQI", at, len(frame), len(chunks))
+    return frame + t + struct.pack("<I", F.crc32(t)) + F.END_MAGIC
 
 
 def _pool():
