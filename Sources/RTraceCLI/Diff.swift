@@ -82,6 +82,9 @@ struct Diff: ParsableCommand {
     @Option(name: .customLong("spill-dir"), help: "Directory for that temporary file (default: TMPDIR, else /tmp).")
     var spillDir: String?
 
+    @Option(help: "Worker threads, and chunks decoded at once (default: one per core; a scheduler's task gives what it holds).")
+    var threads: Int?
+
     @Flag(name: .customLong("join-stats"), help: "Print how the join ran to standard error: planned or streamed, runs read, chunks decoded, records spilled.")
     var joinStats = false
 
@@ -95,6 +98,7 @@ struct Diff: ParsableCommand {
         for c in isThresholds where !(c > 0 && c.isFinite) { throw ValidationError("--is-threshold must be a finite number > 0, got \(c)") }
         if top < 0 { throw ValidationError("--top must be ≥ 0") }
         if joinMemory < 0 { throw ValidationError("--join-memory must be ≥ 0") }
+        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
         if partial && (json || csv || !failAbove.isEmpty) {
             throw ValidationError("--partial prints the partial state; --json, --csv and --fail-above apply to the report (use them with rtrace merge)")
         }
@@ -113,6 +117,7 @@ struct Diff: ParsableCommand {
             if let s = uidShard { options.uidShard = try UIDShard(parsing: s) }
             options.memoryBudget = joinMemory << 20
             options.spillDirectory = spillDir
+            if let t = threads { options.threads = t }
             if partial {
                 let (p, j) = try diffPartialAndJoin(a: a, b: b, options: options)
                 if joinStats { note(j.text) }

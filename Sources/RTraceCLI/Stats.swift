@@ -33,6 +33,9 @@ struct Stats: ParsableCommand {
     @Option(help: "Expert-parallel ranks: token load per rank, contiguous vs balanced (greedy LPT) placement.")
     var ep: Int?
 
+    @Option(help: "Worker threads (default: one per core; a scheduler's task gives what it holds).")
+    var threads: Int?
+
     @Flag(help: "Print JSON (spec/cli-json.md).")
     var json = false
 
@@ -44,6 +47,7 @@ struct Stats: ParsableCommand {
         if let c = capacityFactor, !(c > 0) { throw ValidationError("--capacity-factor must be positive") }
         if batchTokens < 1 { throw ValidationError("--batch-tokens must be at least 1") }
         if let e = ep, e < 1 { throw ValidationError("--ep must be at least 1") }
+        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
         if merge && capacityFactor != nil { throw ValidationError("--capacity-factor cannot be applied when merging (it was fixed when the partials were made)") }
     }
 
@@ -55,7 +59,9 @@ struct Stats: ParsableCommand {
             if merge {
                 p = try mergeStats(files, ep: ep)
             } else {
-                p = try statsTraces(files, options: StatsOptions(capacityFactor: capacityFactor, batchTokens: batchTokens, ep: ep))
+                var options = StatsOptions(capacityFactor: capacityFactor, batchTokens: batchTokens, ep: ep)
+                if let t = threads { options.threads = t }
+                p = try statsTraces(files, options: options)
             }
             let j = p.json
             violations = try checkThresholds(j, limits)

@@ -41,6 +41,20 @@ struct MergeProcessTests {
         #expect(pass.status == 0)
     }
 
+    @Test("--threads 1 and --threads 3 print what the default prints (diff, diff --partial, stats); --threads 0 is refused")
+    func threads() throws {
+        for args in ["diff \(a) \(b) --json", "diff \(a) \(b) --partial --uid-shard 1/3", "stats \(a) \(b) --json --capacity-factor 1.25"] {
+            let base = try shell("$RT \(args)")
+            #expect(base.status == 0, "\(args): \(base.stderr)")
+            for t in [1, 3] {
+                let r = try shell("$RT \(args) --threads \(t)")
+                #expect(r.status == 0 && r.stdout == base.stdout, "\(args) --threads \(t): \(r.stderr)")
+            }
+            let zero = try shell("$RT \(args) --threads 0")
+            #expect(zero.status != 0 && zero.stderr.contains("--threads must be at least 1"), "\(zero.stderr)")
+        }
+    }
+
     @Test("B through a pipe (no index: the streaming join) and with every waiting record spilled: the same report")
     func pipeAndSpill() throws {
         let d = tempPath("spill-\(UUID().uuidString)")

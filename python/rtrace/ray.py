@@ -226,6 +226,13 @@ def _worker_rtrace(exe: str) -> str:
     return exe if os.access(exe, os.X_OK) else find_rtrace(None)
 
 
+def _task_threads() -> List[str]:
+    """``--threads N`` for an rtrace run inside a Ray task: the CPUs Ray gave the task (one by default),
+    so that n tasks on a node start n threads, not n × cores."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    return ["--threads", str(max(1, int(cpus)))]
+
+
 def _inputs(paths) -> List[TraceFile]:
     """The files of ``paths``, complete (as the CLI's diff and stats need), of one geometry."""
     files = open_files(expand_paths(paths))
@@ -260,17 +267,17 @@ def _reduce_task(p, n, refs_a, labels_a, refs_b, labels_b, header_a, header_b, n
     parts_a = ((ray.get(r), label) for r, label in zip(refs_a, labels_a))
     parts_b = ((ray.get(r), label) for r, label in zip(refs_b, labels_b))
     return diff_partition(p, n, parts_a, parts_b, header_a, header_b, names_a, names_b, _worker_rtrace(exe),
-                          options)
+                          [*options, *_task_threads()])
 
 
 def _uid_shard_task(p, n, paths_a, paths_b, names_a, names_b, exe, options):
     out = run_rtrace(_worker_rtrace(exe), ["diff", "--a", *paths_a, "--b", *paths_b, "--partial", "--uid-shard",
-                                           f"{p}/{n}", *options])
+                                           f"{p}/{n}", *options, *_task_threads()])
     return relabel(json.loads(out), names_a, names_b, p, n)
 
 
 def _stats_task(paths, names, exe, capacity_factor, batch_tokens):
-    args = ["stats", *paths, "--json", "--batch-tokens", batch_tokens]
+    args = ["stats", *paths, "--json", "--batch-tokens", batch_tokens, *_task_threads()]
     if capacity_factor is not None:
         args += ["--capacity-factor", repr(float(capacity_factor))]
     out = json.loads(run_rtrace(_worker_rtrace(exe), args))

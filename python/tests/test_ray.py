@@ -235,6 +235,21 @@ def test_stats_when_only_some_files_carry_logits(rr, shards):
     assert_same(rr.stats(files), cli("stats", *files, "--json"))
 
 
+def test_tasks_run_rtrace_with_the_cpus_ray_gave_them(rr, shards, tmp_path):
+    """Each task's rtrace starts as many threads as the task holds CPUs (one), not one per core."""
+    log = tmp_path / "argv.log"
+    wrapper = tmp_path / "rtrace-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {os.path.abspath(BIN)} "$@"\n')
+    wrapper.chmod(0o755)
+    rr.stats(shards["a"], rtrace_bin=str(wrapper))
+    rr.diff(shards["a"], shards["b"], partitions=2, rtrace_bin=str(wrapper))
+    rr.diff(shards["a"], shards["b"], partitions=2, strategy="uid-shard", rtrace_bin=str(wrapper))
+    runs = [line.split() for line in log.read_text().splitlines() if line.split()[0] in ("stats", "diff")]
+    assert {r[0] for r in runs} == {"stats", "diff"} and len(runs) == len(shards["a"]) + 4
+    for r in runs:
+        assert r[r.index("--threads") + 1] == "1", r
+
+
 def test_errors_name_the_file(rr, shards, tmp_path):
     a = shards["a"]
     empty = tmp_path / "empty.rtrace"

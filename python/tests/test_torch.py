@@ -291,7 +291,7 @@ def test_readme_snippet_runs(tmp_path, monkeypatch):
 
 
 def _cli():
-    for b in (os.environ.get("RTRACE_BIN"), "/work/main/.build/release/rtrace", shutil.which("rtrace")):
+    for b in (os.environ.get("RTRACE_BIN"), shutil.which("rtrace")):
         if b and os.path.exists(b):
             return b
     pytest.skip("no Swift rtrace binary (RTRACE_BIN)")
