@@ -190,22 +190,8 @@ public struct ExactSum: Sendable, Equatable {
     }
 }
 
-extension ExactSum: Codable {
-    /// Reads the decimal text of ``raw`` (JSON has no 128-bit integers).
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        let s = try c.decode(String.self)
-        guard let v = ExactSum(text: s) else {
-            throw DecodingError.dataCorruptedError(in: c, debugDescription: "an exact sum must be the decimal text of a 128-bit integer, found \(s)")
-        }
-        self = v
-    }
-
-    /// Writes ``raw`` as decimal text.
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(text)
-    }
+extension ExactSum: TextCodable {
+    public static let textForm = "the decimal text of a 128-bit integer (an exact sum)"
 }
 
 /// Formats a double for tables.

@@ -86,22 +86,8 @@ public struct WideSum: Sendable, Equatable {
     }
 }
 
-extension WideSum: Codable {
-    /// Decodes ``text``.
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        let s = try c.decode(String.self)
-        guard let v = WideSum(text: s) else {
-            throw DecodingError.dataCorruptedError(in: c, debugDescription: "not a WideSum (\"whole fracHigh fracLow +inf -inf nan\"): \(s)")
-        }
-        self = v
-    }
-
-    /// Encodes ``text``.
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        try c.encode(text)
-    }
+extension WideSum: TextCodable {
+    public static let textForm = "a WideSum (\"whole fracHigh fracLow +inf -inf nan\")"
 }
 
 /// The least and the greatest of a set of doubles (NaN left out); merges exactly.

@@ -109,12 +109,18 @@ func statsTiny() -> [TraceRecord] {
 
 /// Files of which only some carry router logits: the union's statistics leave logits out (no crash), and
 /// the counts equal those of the same records written without logits.
-@Test func statsOverFilesWithAndWithoutLogits() throws {
-    let d = tempDir()
+/// Two traces of the tiny records: the first record with router logits, the second without.
+func filesWithAndWithoutLogits(_ d: String) throws -> (with: String, without: String, noLogits: [TraceRecord]) {
     let recs = statsTiny()
     let withLogits = try write(d + "/with.rtrace", header(statsGeometry, logprobs: false), [recs[0]])
     let noLogits = recs.map { r in var r = r; r.logits = nil; return r }
     let without = try write(d + "/without.rtrace", header(statsGeometry, logits: nil, logprobs: false), [noLogits[1]])
+    return (withLogits, without, noLogits)
+}
+
+@Test func statsOverFilesWithAndWithoutLogits() throws {
+    let d = tempDir()
+    let (withLogits, without, noLogits) = try filesWithAndWithoutLogits(d)
     let mixed = try statsTraces([withLogits, without], options: StatsOptions())
     let plain = try statsTraces([try write(d + "/plain.rtrace", header(statsGeometry, logits: nil, logprobs: false), noLogits)],
                                 options: StatsOptions())
@@ -125,10 +131,7 @@ func statsTiny() -> [TraceRecord] {
 
 @Test func mergedPartialsDropLogitsLikeTheUnion() throws {
     let d = tempDir()
-    let recs = statsTiny()
-    let withLogits = try write(d + "/with.rtrace", header(statsGeometry, logprobs: false), [recs[0]])
-    let noLogits = recs.map { r in var r = r; r.logits = nil; return r }
-    let without = try write(d + "/without.rtrace", header(statsGeometry, logits: nil, logprobs: false), [noLogits[1]])
+    let (withLogits, without, _) = try filesWithAndWithoutLogits(d)
     let union = try statsTraces([withLogits, without], options: StatsOptions())
     var jsons: [String] = []
     for (i, f) in [withLogits, without].enumerated() {
