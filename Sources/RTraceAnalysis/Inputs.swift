@@ -200,18 +200,6 @@ func fmt(_ x: Double?, _ digits: Int = 4) -> String {
     return String(format: "%.\(digits)f", x)
 }
 
-/// A JSON number, or null when undefined.
-func jnum(_ x: Double?) -> Any {
-    guard let x, x.isFinite else { return NSNull() }
-    return x
-}
-
-/// Pretty, key-sorted JSON text.
-public func prettyJSON(_ o: Any) -> String {
-    let d = try! JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
-    return String(decoding: d, as: UTF8.self)
-}
-
 /// Left-aligned first column, right-aligned others.
 func table(_ rows: [[String]]) -> String {
     guard let n = rows.first?.count else { return "" }

@@ -18,14 +18,22 @@ public struct StatsOptions: Sendable, Equatable {
     }
 }
 
-/// Integer counts and exact sums of one layer; partials add exactly.
-public struct LayerTally: Sendable, Equatable {
+/// Integer counts and exact sums of one layer; partials add exactly. Its JSON is `partial.layers[i]`
+/// of `rtrace stats --json`.
+public struct LayerTally: Sendable, Equatable, Codable {
     public var tokens = 0
     public var counts: [Int]
     public var top1WeightSum = ExactSum(), top1WeightRows = 0
     public var entropySum = ExactSum(), logitRows = 0
     public var probSum: [ExactSum]
     public var dropped = 0, capacityAssignments = 0
+
+    enum CodingKeys: String, CodingKey {
+        case tokens, counts
+        case top1WeightSum = "top1_weight_sum", top1WeightRows = "top1_weight_rows"
+        case entropySum = "router_entropy_sum", logitRows = "logit_rows", probSum = "router_prob_sum"
+        case dropped = "capacity_dropped", capacityAssignments = "capacity_assignments"
+    }
 
     init(E: Int, logits: Bool) {
         counts = Array(repeating: 0, count: E)
@@ -310,122 +318,19 @@ extension StatsPartial {
         return EPLayer(contiguous: contiguous, balanced: load, contiguousMaxOverMean: mm(contiguous), balancedMaxOverMean: mm(load), expertToRank: map)
     }
 
-    /// The full report: derived figures plus the partial tallies for `--merge`.
-    public var json: [String: Any] {
-        var o: [String: Any] = [
-            "format": "rtrace-stats", "version": 1, "files": files, "records": records, "rows": rows,
-            "model": ["num_layers": model.numLayers, "num_experts": model.numExperts, "top_k": model.topK, "layer_map": model.layerMap] as [String: Any],
-            "options": ["capacity_factor": jnum(options.capacityFactor), "batch_tokens": options.batchTokens, "ep": options.ep.map { $0 as Any } ?? NSNull()] as [String: Any],
-            "top1_weight_definition": "max over the k slots",
-            "aux_loss_definition": "num_experts * sum_i f_i * P_i, f_i = assignments to i / (tokens * k), P_i = mean router softmax prob of i",
-        ]
-        o["partial"] = [
-            "sum_scale": "2^-60", "has_weights": hasWeights, "has_logits": hasLogits,
-            "layers": layers.map { t -> [String: Any] in
-                [
-                    "tokens": t.tokens, "counts": t.counts,
-                    "top1_weight_sum": t.top1WeightSum.text, "top1_weight_rows": t.top1WeightRows,
-                    "router_entropy_sum": t.entropySum.text, "logit_rows": t.logitRows,
-                    "router_prob_sum": t.probSum.map { $0.text },
-                    "capacity_dropped": t.dropped, "capacity_assignments": t.capacityAssignments,
-                ]
-            },
-        ] as [String: Any]
-        var per: [[String: Any]] = []
-        var sums = [String: (Double, Int)]()
-        func acc(_ k: String, _ v: Double?) { if let v { sums[k, default: (0, 0)].0 += v; sums[k, default: (0, 0)].1 += 1 } }
-        var dropped = 0, capA = 0, dead = 0, tokens = 0
-        for l in 0..<model.moeLayers {
-            let s = derived(l)
-            per.append([
-                "layer": s.layer, "moe_index": l, "tokens": s.tokens, "assignments": s.assignments, "counts": layers[l].counts,
-                "load": s.load, "max_over_mean": jnum(s.maxOverMean), "cv": jnum(s.cv), "dead_experts": s.dead,
-                "normalized_entropy": jnum(s.normEntropy), "effective_experts": jnum(s.effectiveExperts),
-                "half_load_experts": s.halfLoadExperts, "mean_top1_weight": jnum(s.meanTop1Weight),
-                "router_entropy": jnum(s.routerEntropy), "aux_loss": jnum(s.auxLoss), "drop_rate": jnum(s.dropRate),
-            ])
-            acc("max_over_mean", s.maxOverMean); acc("cv", s.cv); acc("normalized_entropy", s.normEntropy)
-            acc("effective_experts", s.effectiveExperts); acc("mean_top1_weight", s.meanTop1Weight)
-            acc("router_entropy", s.routerEntropy); acc("aux_loss", s.auxLoss)
-            dropped += layers[l].dropped; capA += layers[l].capacityAssignments; dead += s.dead; tokens += s.tokens
-        }
-        o["layers"] = per
-        for (k, v) in sums { o[k] = v.0 / Double(v.1) }
-        for k in ["max_over_mean", "cv", "normalized_entropy", "effective_experts", "mean_top1_weight", "router_entropy", "aux_loss"] where o[k] == nil {
-            o[k] = NSNull()
-        }
-        o["dead_experts"] = dead
-        o["tokens"] = tokens
-        o["drop_rate"] = capA > 0 ? Double(dropped) / Double(capA) : NSNull()
-        if let n = options.ep, n > 0 {
-            var layersEP: [[String: Any]] = []
-            var map: [String: [Int]] = [:]
-            var cs = 0.0, bs = 0.0, cnt = 0
-            for l in 0..<model.moeLayers {
-                let e = ep(l, ranks: n)
-                layersEP.append(["layer": model.layerMap[l], "contiguous_load": e.contiguous, "balanced_load": e.balanced,
-                                 "contiguous_max_over_mean": jnum(e.contiguousMaxOverMean), "balanced_max_over_mean": jnum(e.balancedMaxOverMean)])
-                map["\(model.layerMap[l])"] = e.expertToRank
-                if let c = e.contiguousMaxOverMean, let b = e.balancedMaxOverMean { cs += c; bs += b; cnt += 1 }
-            }
-            o["ep"] = ["ranks": n, "layers": layersEP, "expert_to_rank": map,
-                       "contiguous_max_over_mean": cnt > 0 ? cs / Double(cnt) : NSNull(),
-                       "balanced_max_over_mean": cnt > 0 ? bs / Double(cnt) : NSNull()] as [String: Any]
-        }
-        return o
-    }
-
-    /// Reads the partial of a `rtrace stats --json` output.
-    public init(json o: [String: Any], name: String) throws(TraceError) {
-        func bad(_ m: String) -> TraceError { TraceError(.invalidInput, "\(name): \(m)") }
-        guard o["format"] as? String == "rtrace-stats", let m = o["model"] as? [String: Any],
-              let part = o["partial"] as? [String: Any], let ls = part["layers"] as? [[String: Any]]
-        else { throw bad("not the JSON of rtrace stats --json (format, model or partial missing)") }
-        guard let nl = m["num_layers"] as? Int, let ne = m["num_experts"] as? Int, let k = m["top_k"] as? Int,
-              let lm = m["layer_map"] as? [Int], lm.count == ls.count
-        else { throw bad("model is incomplete") }
-        let opt = o["options"] as? [String: Any] ?? [:]
-        var options = StatsOptions(capacityFactor: opt["capacity_factor"] as? Double, batchTokens: opt["batch_tokens"] as? Int ?? 4096,
-                                   ep: opt["ep"] as? Int)
-        options.threads = 1
-        self.init(model: ModelGeometry(numLayers: nl, numExperts: ne, topK: k, layerMap: lm), options: options, logits: false)
-        files = o["files"] as? [String] ?? [name]
-        records = o["records"] as? Int ?? 0
-        rows = o["rows"] as? Int ?? 0
-        hasWeights = part["has_weights"] as? Bool ?? false
-        hasLogits = part["has_logits"] as? Bool ?? false
-        for (l, d) in ls.enumerated() {
-            guard let c = d["counts"] as? [Int], c.count == ne, let t = d["tokens"] as? Int,
-                  let ws = ExactSum(text: d["top1_weight_sum"] as? String ?? ""), let es = ExactSum(text: d["router_entropy_sum"] as? String ?? "")
-            else { throw bad("layer \(l) of the partial is malformed") }
-            var tal = LayerTally(E: ne, logits: false)
-            tal.tokens = t; tal.counts = c
-            tal.top1WeightSum = ws; tal.top1WeightRows = d["top1_weight_rows"] as? Int ?? 0
-            tal.entropySum = es; tal.logitRows = d["logit_rows"] as? Int ?? 0
-            tal.probSum = try (d["router_prob_sum"] as? [String] ?? []).map { s throws(TraceError) in
-                guard let v = ExactSum(text: s) else { throw bad("layer \(l): bad router_prob_sum") }
-                return v
-            }
-            tal.dropped = d["capacity_dropped"] as? Int ?? 0
-            tal.capacityAssignments = d["capacity_assignments"] as? Int ?? 0
-            layers[l] = tal
-        }
-    }
-
     /// A table for people.
     public var text: String {
-        let j = json
+        let j = report
         var s = "\(records) records, \(rows) rows, \(model.moeLayers) MoE layers × \(model.numExperts) experts, top-\(model.topK)\n"
         s += "top-1 weight = max over the k slots; aux loss = E·Σ f_i·P_i; entropy in nats\n\n"
         var rows: [[String]] = [["layer", "tokens", "max/mean", "cv", "dead", "norm_H", "eff_E", "half_load", "top1_w", "router_H", "aux", "drop"]]
-        for p in j["layers"] as! [[String: Any]] {
-            func g(_ k: String, _ d: Int = 3) -> String { fmt(p[k] as? Double, d) }
-            rows.append(["\(p["layer"]!)", "\(p["tokens"]!)", g("max_over_mean"), g("cv"), "\(p["dead_experts"]!)", g("normalized_entropy"),
-                         g("effective_experts", 1), "\(p["half_load_experts"]!)", g("mean_top1_weight"), g("router_entropy"), g("aux_loss"), g("drop_rate", 4)])
+        for p in j.layers {
+            rows.append(["\(p.layer)", "\(p.tokens)", fmt(p.maxOverMean, 3), fmt(p.cv, 3), "\(p.deadExperts)", fmt(p.normalizedEntropy, 3),
+                         fmt(p.effectiveExperts, 1), "\(p.halfLoadExperts)", fmt(p.meanTop1Weight, 3), fmt(p.routerEntropy, 3),
+                         fmt(p.auxLoss, 3), fmt(p.dropRate, 4)])
         }
-        func g(_ k: String, _ d: Int = 3) -> String { fmt(j[k] as? Double, d) }
-        rows.append(["mean", "\(j["tokens"]!)", g("max_over_mean"), g("cv"), "\(j["dead_experts"]!)", g("normalized_entropy"),
-                     g("effective_experts", 1), "", g("mean_top1_weight"), g("router_entropy"), g("aux_loss"), g("drop_rate", 4)])
+        rows.append(["mean", "\(j.tokens)", fmt(j.maxOverMean, 3), fmt(j.cv, 3), "\(j.deadExperts)", fmt(j.normalizedEntropy, 3),
+                     fmt(j.effectiveExperts, 1), "", fmt(j.meanTop1Weight, 3), fmt(j.routerEntropy, 3), fmt(j.auxLoss, 3), fmt(j.dropRate, 4)])
         s += table(rows)
         s += "\nheaviest experts per layer (expert: load fraction):\n"
         for l in 0..<model.moeLayers {
@@ -434,37 +339,15 @@ extension StatsPartial {
             s += "  \(model.layerMap[l]): " + top.map { "e\($0) \(fmt(Double(c[$0]) / Double(tot), 3))" }.joined(separator: "  ") + "\n"
         }
         s += "(per-expert counts and loads of every layer: --json)\n"
-        if let ep = j["ep"] as? [String: Any] {
-            s += "\nexpert parallelism over \(ep["ranks"]!) ranks: max/mean token load per rank\n"
+        if let ep = j.ep {
+            s += "\nexpert parallelism over \(ep.ranks) ranks: max/mean token load per rank\n"
             var r: [[String]] = [["layer", "contiguous", "balanced (LPT)"]]
-            for d in ep["layers"] as! [[String: Any]] {
-                r.append(["\(d["layer"]!)", fmt(d["contiguous_max_over_mean"] as? Double, 3), fmt(d["balanced_max_over_mean"] as? Double, 3)])
-            }
-            r.append(["mean", fmt(ep["contiguous_max_over_mean"] as? Double, 3), fmt(ep["balanced_max_over_mean"] as? Double, 3)])
+            for d in ep.layers { r.append(["\(d.layer)", fmt(d.contiguousMaxOverMean, 3), fmt(d.balancedMaxOverMean, 3)]) }
+            r.append(["mean", fmt(ep.contiguousMaxOverMean, 3), fmt(ep.balancedMaxOverMean, 3)])
             s += table(r)
-            let m = ep["expert_to_rank"] as! [String: [Int]]
             s += "\nbalanced expert→rank map (JSON, layer → rank of expert 0…E-1):\n"
-            s += "{" + model.layerMap.map { "\"\($0)\": [" + m["\($0)"]!.map(String.init).joined(separator: ",") + "]" }.joined(separator: ", ") + "}\n"
+            s += "{" + model.layerMap.map { "\"\($0)\": [" + (ep.expertToRank["\($0)"] ?? []).map(String.init).joined(separator: ",") + "]" }.joined(separator: ", ") + "}\n"
         }
         return s
     }
-}
-
-/// Merges `rtrace stats --json` outputs into the statistics of the union.
-public func mergeStats(_ paths: [String], ep: Int? = nil) throws -> StatsPartial {
-    var out: StatsPartial? = nil
-    for p in paths {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: p)) } catch {
-            throw TraceError(.io, "cannot read \(p): \(error.localizedDescription)")
-        }
-        guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw TraceError(.invalidInput, "\(p): not a JSON object")
-        }
-        let part = try StatsPartial(json: o, name: p)
-        if out == nil { out = part } else { try out!.merge(part) }
-    }
-    guard var r = out else { throw TraceError(.invalidInput, "--merge needs at least one JSON file") }
-    if let ep { r.options.ep = ep }
-    return r
 }

@@ -81,10 +81,10 @@ struct Merge: ParsableCommand {
             case .stats:
                 if csv || partial || top != nil { throw TraceError(.invalidInput, "--csv, --partial and --top apply to diff partials, these are stats results") }
                 let s = try mergeStats(partials, ep: ep)
-                let j = s.json
-                violations = try checkThresholds(j, limits)
+                let report = s.report
+                violations = try checkThresholds(jsonTree(report), limits)
                 let out = try TextOutput()
-                try out.write(json ? prettyJSON(j) + "\n" : s.text)
+                try out.write(json ? encodeJSON(report) + "\n" : s.text)
                 try out.flush()
             }
         }
@@ -119,7 +119,7 @@ enum PartialKind: Equatable {
         let format = ((try? JSONSerialization.jsonObject(with: data)) as? [String: Any])?["format"] as? String
         switch format {
         case DiffPartial.formatName: self = .diff
-        case "rtrace-stats": self = .stats
+        case StatsReport.formatName: self = .stats
         default:
             throw TraceError(.invalidInput, "not a partial result: its format is \(format.map { "\"\($0)\"" } ?? "missing"), expected \"\(DiffPartial.formatName)\" (rtrace diff --partial) or \"rtrace-stats\" (rtrace stats --json)", file: path)
         }

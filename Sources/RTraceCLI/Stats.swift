@@ -63,10 +63,10 @@ struct Stats: ParsableCommand {
                 if let t = threads { options.threads = t }
                 p = try statsTraces(files, options: options)
             }
-            let j = p.json
-            violations = try checkThresholds(j, limits)
+            let report = p.report
+            violations = try checkThresholds(jsonTree(report), limits)
             let out = try TextOutput()
-            try out.write(json ? prettyJSON(j) + "\n" : p.text)
+            try out.write(json ? encodeJSON(report) + "\n" : p.text)
             try out.flush()
         }
         if !violations.isEmpty {

@@ -38,14 +38,13 @@ func statsTiny() -> [TraceRecord] {
     #expect(close(l0.routerEntropy, log(4.0), 1e-12) && close(l0.auxLoss, 1, 1e-12))
     // capacity: batches of 2 rows; L0 drops 1 + 1 of 8, L2 drops 2 + 1 of 6
     #expect(close(l0.dropRate, 0.25) && close(l2.dropRate, 0.5))
-    #expect(close(num(s.json["drop_rate"]), 5.0 / 14))
+    #expect(close(s.report.dropRate, 5.0 / 14))
     let ep = s.ep(0, ranks: 2)
     #expect(ep.contiguous == [6, 2] && close(ep.contiguousMaxOverMean, 1.5))
     #expect(ep.balanced == [5, 3] && ep.expertToRank == [0, 1, 1, 0] && close(ep.balancedMaxOverMean, 1.25))
     #expect(s.text.contains("balanced expert→rank map"))
-    let j = s.json
-    #expect((j["layers"] as! [[String: Any]]).map { $0["layer"] as! Int } == [0, 2])
-    #expect(try checkThresholds(j, parseThresholds(["dead_experts=0"])).count == 1)
+    #expect(s.report.layers.map(\.layer) == [0, 2])
+    #expect(try checkThresholds(jsonTree(s.report), parseThresholds(["dead_experts=0"])).count == 1)
 }
 
 @Test func statsMatchReferenceAndMergeExactly() throws {
@@ -93,17 +92,17 @@ func statsTiny() -> [TraceRecord] {
     for (i, sh) in shards.enumerated() {
         let p = try statsTraces([sh], options: opts)
         let path = d + "/p\(i).json"
-        try prettyJSON(p.json).write(toFile: path, atomically: true, encoding: .utf8)
+        try encodeJSON(p.report).write(toFile: path, atomically: true, encoding: .utf8)
         jsons.append(path)
     }
     let merged = try mergeStats(jsons)
     #expect(merged == union)
-    #expect(prettyJSON(merged.json["layers"]!) == prettyJSON(union.json["layers"]!))
+    #expect(encodeJSON(merged.report.layers) == encodeJSON(union.report.layers))
     // Several files at once give the union too.
     #expect(try statsTraces(shards, options: opts) == union)
     // Different capacity options refuse to merge.
     let other = d + "/other.json"
-    try prettyJSON(try statsTraces([shards[0]], options: StatsOptions(capacityFactor: 2)).json).write(toFile: other, atomically: true, encoding: .utf8)
+    try encodeJSON(try statsTraces([shards[0]], options: StatsOptions(capacityFactor: 2)).report).write(toFile: other, atomically: true, encoding: .utf8)
     #expect(throws: TraceError.self) { try mergeStats([jsons[0], other]) }
 }
 
@@ -136,12 +135,39 @@ func filesWithAndWithoutLogits(_ d: String) throws -> (with: String, without: St
     var jsons: [String] = []
     for (i, f) in [withLogits, without].enumerated() {
         let path = d + "/p\(i).json"
-        try prettyJSON(try statsTraces([f], options: StatsOptions()).json).write(toFile: path, atomically: true, encoding: .utf8)
+        try encodeJSON(try statsTraces([f], options: StatsOptions()).report).write(toFile: path, atomically: true, encoding: .utf8)
         jsons.append(path)
     }
     let merged = try mergeStats(jsons)
     #expect(!merged.hasLogits)
     #expect(merged == union)
     #expect(merged.derived(0).auxLoss == nil && merged.derived(0).routerEntropy == nil)
-    #expect(prettyJSON(merged.json["layers"]!) == prettyJSON(union.json["layers"]!))
+    #expect(encodeJSON(merged.report.layers) == encodeJSON(union.report.layers))
+}
+
+@Test func statsReportRoundTripsAndNamesWhatIsWrong() throws {
+    let d = tempDir()
+    let (withLogits, without, _) = try filesWithAndWithoutLogits(d)
+    for opts in [StatsOptions(), StatsOptions(capacityFactor: 1.5, batchTokens: 3, ep: 2)] {
+        let p = try statsTraces([withLogits, without], options: opts)
+        let path = d + "/r.json"
+        try encodeJSON(p.report).write(toFile: path, atomically: true, encoding: .utf8)
+        let back = try StatsPartial(report: StatsReport.read(path: path), name: path)
+        #expect(back == p && back.files == p.files && back.options.capacityFactor == opts.capacityFactor)
+        #expect(encodeJSON(back.report) == encodeJSON(p.report))
+    }
+    func error(_ json: String) -> String {
+        let path = d + "/bad.json"
+        try? json.write(toFile: path, atomically: true, encoding: .utf8)
+        do { _ = try mergeStats([path]); return "no error" } catch { return "\(error)" }
+    }
+    #expect(error(#"{"format": "rtrace-stats", "version": 1}"#).contains("files is missing"))
+    #expect(error("[1]").contains("bad.json"))
+    let good = encodeJSON(try statsTraces([withLogits], options: StatsOptions()).report)
+    var tree = try #require(try JSONSerialization.jsonObject(with: Data(good.utf8)) as? [String: Any])
+    var partial = tree["partial"] as! [String: Any], layers = partial["layers"] as! [[String: Any]]
+    layers[1]["counts"] = [1, 2]
+    partial["layers"] = layers; tree["partial"] = partial
+    let text = String(decoding: try JSONSerialization.data(withJSONObject: tree), as: UTF8.self)
+    #expect(error(text).contains("partial.layers[1].counts has 2 experts"), "\(error(text))")
 }
