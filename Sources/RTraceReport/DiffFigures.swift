@@ -1,27 +1,26 @@
 import Foundation
+import RTraceAnalysis
 
-/// Plots of a routing comparison, from the JSON object of `rtrace diff --json` (spec/cli-json.md) and a ``FlipGrid``.
+/// Plots of a routing comparison, from the result of `rtrace diff` (spec/cli-json.md) and a ``FlipGrid``.
 public enum DiffFigures {
-    static func num(_ v: Any?) -> Double? { (v as? NSNumber)?.doubleValue }
     static func pct(_ v: Double?) -> Double? { v.map { $0 * 100 } }
     static func pctText(_ v: Double?) -> String { v.map { formatNumber($0 * 100, digits: 3) + " %" } ?? "n/a" }
 
     /// The section: headline figures, flip rate per layer, layer × position heatmap, router KL per layer,
     /// policy KL summary and the most divergent sequences. `idPrefix` keeps plot ids unique on a page.
-    public static func section(diff j: [String: Any], grid: FlipGrid?, nameA: String, nameB: String, idPrefix: String = "") -> ReportSection {
-        let per = j["per_layer"] as? [[String: Any]] ?? []
-        let layers = per.map { "\(($0["layer"] as? NSNumber)?.intValue ?? 0)" }
-        let m = j["matched"] as? [String: Any] ?? [:]
+    public static func section(diff j: DiffResult, grid: FlipGrid?, nameA: String, nameB: String, idPrefix: String = "") -> ReportSection {
+        let per = j.perLayer
+        let layers = per.map { "\($0.layer)" }
         let ab = "A = \(nameA), B = \(nameB)"
         var plots: [Plot] = []
 
         // 1. Flip rate per layer.
         var bars = BarChart(
             title: "Routing flip rate per MoE layer",
-            subtitle: "Share of tokens whose top-\((j["top_k"] as? NSNumber)?.intValue ?? 0) experts differ between A and B · \(ab)",
+            subtitle: "Share of tokens whose top-\(j.topK) experts differ between A and B · \(ab)",
             xLabel: "MoE layer (decoder index)", yLabel: "flip rate (% of tokens)", categories: layers,
-            series: [BarSeries(name: "expert set differs", values: per.map { pct(num($0["flip_rate"])) }),
-                     BarSeries(name: "slot order differs (incl. set)", values: per.map { pct(num($0["ordered_flip_rate"])) })])
+            series: [BarSeries(name: "expert set differs", values: per.map { pct($0.sets.flipRate) }),
+                     BarSeries(name: "slot order differs (incl. set)", values: per.map { pct($0.sets.orderedFlipRate) })])
         bars.showValues = layers.count <= 8
         plots.append(Plot(id: idPrefix + "flip-rate-per-layer", title: bars.title,
                           caption: "Bars: for each MoE layer, the percentage of compared tokens routed to a different set of experts (dark) or to the same experts in a different slot order (light). Lower is better; 0 means B replays A exactly.",
@@ -44,7 +43,7 @@ public enum DiffFigures {
         }
 
         // 3. Router KL per layer.
-        let kl = per.map { num($0["router_kl"]) }
+        let kl = per.map(\.routerKL)
         let hasKL = kl.contains { $0 != nil }
         let klChart = BarChart(
             title: "Router KL divergence per MoE layer",
@@ -57,28 +56,28 @@ public enum DiffFigures {
                           svg: klChart.svg))
 
         // 4. Policy KL summary.
-        let policy = j["policy"] as? [String: Any]
-        let ext = policy?["extreme_frac"] as? [String: Any] ?? [:]
+        let policy = j.policy
+        let ext = policy?.extremeFrac.values ?? [nil, nil, nil]
         let taus = ["1.5", "2", "5"]
-        let k3 = num(policy?["k3"]), k1 = num(policy?["k1"]), tokens = (policy?["tokens"] as? NSNumber)?.intValue
+        let k3 = policy?.k3, k1 = policy?.k1, tokens = policy?.tokens
         let pol = BarChart(
             title: "Policy mismatch: share of tokens with an extreme probability ratio",
             subtitle: policy == nil ? "Not available: both traces need logprobs"
                 : "F(τ) = % of \(tokens ?? 0) response tokens with max(r, 1/r) > τ, r = π_B/π_A · k3 = \(k3.map { formatNumber($0, digits: 3) } ?? "n/a"), k1 = \(k1.map { formatNumber($0, digits: 3) } ?? "n/a")",
             xLabel: "threshold τ on the probability ratio", yLabel: "F(τ) (% of response tokens)",
-            categories: taus.map { "τ = \($0)" }, series: [BarSeries(name: "F(τ)", values: taus.map { pct(num(ext[$0])) })],
-            yMax: policy == nil || taus.allSatisfy({ (num(ext[$0]) ?? 0) == 0 }) ? 1 : nil)
+            categories: taus.map { "τ = \($0)" }, series: [BarSeries(name: "F(τ)", values: ext.map { pct($0) })],
+            yMax: policy == nil || ext.allSatisfy({ ($0 ?? 0) == 0 }) ? 1 : nil)
         plots.append(Plot(id: idPrefix + "policy-kl", title: pol.title,
                           caption: "k3 = mean(r − 1 − log r) estimates KL(π_A ‖ π_B) per token in nats; F(τ) is the share of tokens whose probability changed by more than a factor τ between the engines (0 % is ideal).",
                           svg: pol.svg))
 
         // 5. Most divergent sequences.
-        let top = j["top"] as? [[String: Any]] ?? []
+        let top = j.top
         var rows: [[String]] = []
         var cats: [String] = [], vals: [Double?] = []
         for t in top {
-            let uid = "\(t["uid"] ?? "")"
-            let f = (t["flipped_rows"] as? NSNumber)?.intValue ?? 0, r = (t["rows"] as? NSNumber)?.intValue ?? 0
+            let uid = t.uid
+            let f = t.flippedRows, r = t.rows
             rows.append([uid, "\(f)", "\(r)", r > 0 ? formatNumber(Double(f) * 100 / Double(r), digits: 3) + " %" : "n/a"])
             cats.append(uid.count > 10 ? String(uid.prefix(9)) + "…" : uid)
             vals.append(r > 0 ? Double(f) * 100 / Double(r) : nil)
@@ -93,12 +92,12 @@ public enum DiffFigures {
                           svg: seq.svg))
 
         let facts: [(label: String, value: String)] = [
-            ("sequences matched", "\(m["sequences"] ?? 0)"),
-            ("flip rate (all layers)", pctText(num(j["flip_rate"]))),
-            ("tokens with any layer flipped", pctText(num(j["token_any_layer_flip"]))),
-            ("router KL (nats)", num(j["router_kl"]).map { formatNumber($0) } ?? "n/a"),
+            ("sequences matched", "\(j.matched.sequences)"),
+            ("flip rate (all layers)", pctText(j.all.sets.flipRate)),
+            ("tokens with any layer flipped", pctText(j.all.tokenAnyLayerFlip)),
+            ("router KL (nats)", j.routerKL.map { formatNumber($0) } ?? "n/a"),
             ("policy k3", k3.map { formatNumber($0) } ?? "n/a"),
-            ("F(2)", pctText(num(ext["2"]))),
+            ("F(2)", pctText(ext[1])),
         ]
         return ReportSection(
             id: idPrefix + "diff", title: "Routing drift: A vs B",

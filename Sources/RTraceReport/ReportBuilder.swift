@@ -39,7 +39,7 @@ public func buildReport(_ inp: ReportInputs) throws -> ReportPage {
         let rep = try diffTraces(a: [inp.traces[0]], b: [inp.traces[1]],
                                  options: DiffOptions(buckets: inp.buckets, top: inp.top, isThresholds: inp.isThresholds))
         let grid = FlipGrid(diff: rep)
-        sections.append(DiffFigures.section(diff: rep.json, grid: grid, nameA: names[0], nameB: names[1]))
+        sections.append(DiffFigures.section(diff: rep.result, grid: grid, nameA: names[0], nameB: names[1]))
         if let p = rep.policy { sections.append(PolicyFigures.section(policy: p, nameA: names[0], nameB: names[1])) }
     }
     for (i, t) in inp.traces.enumerated() {
