@@ -60,7 +60,9 @@ public struct LayerTally: Sendable, Equatable, Codable {
 public struct StatsPartial: Sendable, Equatable {
     public var model: ModelGeometry
     public var options: StatsOptions
+    /// The whole files counted, and the parts of files (``ChunkRange``) counted.
     public var files: [String] = []
+    public var chunkRanges: [ChunkRange] = []
     public var records = 0, rows = 0
     public var hasWeights = false, hasLogits = false
     public var layers: [LayerTally]
@@ -71,8 +73,10 @@ public struct StatsPartial: Sendable, Equatable {
         layers = (0..<model.moeLayers).map { _ in LayerTally(E: model.numExperts, logits: logits) }
     }
 
+    /// Equal tallies of the same geometry (the model's name, the files and the options aside).
     public static func == (a: StatsPartial, b: StatsPartial) -> Bool {
-        a.model == b.model && a.records == b.records && a.rows == b.rows && a.layers == b.layers
+        a.model.numLayers == b.model.numLayers && a.model.numExperts == b.model.numExperts && a.model.topK == b.model.topK
+            && a.model.layerMap == b.model.layerMap && a.records == b.records && a.rows == b.rows && a.layers == b.layers
             && a.hasWeights == b.hasWeights && a.hasLogits == b.hasLogits
     }
 
@@ -82,7 +86,9 @@ public struct StatsPartial: Sendable, Equatable {
         if options.capacityFactor != o.options.capacityFactor || (options.capacityFactor != nil && options.batchTokens != o.options.batchTokens) {
             throw TraceError(.invalidInput, "partials were computed with different --capacity-factor/--batch-tokens and cannot be merged")
         }
-        files += o.files; records += o.records; rows += o.rows
+        files += o.files
+        chunkRanges = try ChunkRange.combine(files: &files, ranges: chunkRanges + o.chunkRanges)
+        records += o.records; rows += o.rows
         hasWeights = hasWeights && o.hasWeights
         hasLogits = hasLogits && o.hasLogits
         for l in layers.indices { layers[l].merge(o.layers[l]) }
@@ -200,13 +206,31 @@ struct CapacitySim {
 }
 
 /// Computes the statistics of the union of `paths` (directories stand for their *.rtrace files).
-public func statsTraces(_ paths: [String], options: StatsOptions = StatsOptions()) throws -> StatsPartial {
+///
+/// `chunks` (`FIRST:END`) counts only the records that start in those chunks of one complete file: a
+/// part of it, whose result merges with the results of the other parts into the file's (``ChunkRange``).
+public func statsTraces(_ paths: [String], options: StatsOptions = StatsOptions(), chunks: String? = nil) throws -> StatsPartial {
     let files = try expandTracePaths(paths)
     let rs = try openAll(files)
     let g = rs[0].header.model
     let hasLogits = rs.allSatisfy { $0.header.columns.routerLogits != nil }
     var p = StatsPartial(model: g, options: options, logits: hasLogits)
-    p.files = files
+    var range: (ChunkRange, TraceIndex)? = nil
+    if let chunks {
+        guard files.count == 1 else {
+            throw TraceError(.invalidInput, "--chunks counts a part of one file; \(files.count) were given")
+        }
+        guard options.capacityFactor == nil else {
+            throw TraceError(.invalidInput, "--chunks cannot go with --capacity-factor: capacity batches run on in stream order across the parts")
+        }
+        guard let index = rs[0].index else {
+            throw TraceError(.invalidInput, "--chunks needs a complete file with an index (this one is unfinished or a stream)", file: files[0])
+        }
+        range = (try ChunkRange(parsing: chunks, file: files[0], chunks: index.chunks.count), index)
+        p.chunkRanges = [range!.0]
+    } else {
+        p.files = files
+    }
     p.hasLogits = hasLogits
     p.hasWeights = rs.allSatisfy { $0.header.columns.topkWeights != nil }
     var cap = options.capacityFactor.map { CapacitySim(L: g.moeLayers, E: g.numExperts, k: g.topK, factor: $0, batch: options.batchTokens) }
@@ -233,13 +257,21 @@ public func statsTraces(_ paths: [String], options: StatsOptions = StatsOptions(
         batch.removeAll(keepingCapacity: true)
         batchRows = 0
     }
-    let ch = streamRecords(rs)
-    defer { ch.cancel() }
-    while let r = try ch.take() {
+    func consume(_ r: TraceRecord) {
         if cap != nil { cap!.add(r, &p) }
         batch.append(r)
         batchRows += r.rowCount + 1
         if batchRows >= 8192 || batch.count >= 512 { flush() }
+    }
+    if let (cr, index) = range {
+        let run = cr.run(in: index)
+        if !run.records.isEmpty {
+            try RecordRunReader(readers: rs, window: threads).forEachRecord([(reader: 0, run: run)]) { _, _, r in consume(r) }
+        }
+    } else {
+        let ch = streamRecords(rs)
+        defer { ch.cancel() }
+        while let r = try ch.take() { consume(r) }
     }
     flush()
     if cap != nil { cap!.close(&p) }

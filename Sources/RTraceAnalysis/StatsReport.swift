@@ -11,6 +11,8 @@ public struct StatsReport: Codable, Equatable, Sendable {
     public var version = 1
     /// The traces counted (files of the union).
     public var files: [String]
+    /// Parts of files counted (`rtrace stats --chunks`); absent when there are none.
+    public var chunkRanges: [ChunkRange]?
     public var records: Int, rows: Int
     public var model: Model
     public var options: Options
@@ -36,6 +38,7 @@ public struct StatsReport: Codable, Equatable, Sendable {
     public var ep: ExpertParallel?
 
     enum CodingKeys: String, CodingKey {
+        case chunkRanges = "chunk_ranges"
         case format, version, files, records, rows, model, options, partial, layers, tokens, ep, cv
         case top1WeightDefinition = "top1_weight_definition", auxLossDefinition = "aux_loss_definition"
         case maxOverMean = "max_over_mean", normalizedEntropy = "normalized_entropy", effectiveExperts = "effective_experts"
@@ -144,7 +147,7 @@ extension StatsPartial {
         }
         let dropped = layers.reduce(0) { $0 + $1.dropped }, offered = layers.reduce(0) { $0 + $1.capacityAssignments }
         return StatsReport(
-            files: files, records: records, rows: rows,
+            files: files, chunkRanges: chunkRanges.isEmpty ? nil : chunkRanges, records: records, rows: rows,
             model: .init(numLayers: model.numLayers, numExperts: model.numExperts, topK: model.topK, layerMap: model.layerMap),
             options: .init(capacityFactor: options.capacityFactor, batchTokens: options.batchTokens, ep: options.ep),
             partial: .init(hasWeights: hasWeights, hasLogits: hasLogits, layers: layers),
@@ -189,6 +192,10 @@ extension StatsPartial {
         self.init(model: ModelGeometry(numLayers: m.numLayers, numExperts: m.numExperts, topK: m.topK, layerMap: m.layerMap),
                   options: options, logits: false)
         files = o.files
+        for r in o.chunkRanges ?? [] where !(0 <= r.first && r.first < r.end && r.end <= r.chunks) {
+            throw bad("chunk_ranges: \(r.first):\(r.end) is not a range of the \(r.chunks) chunks of \(r.file)")
+        }
+        chunkRanges = try ChunkRange.combine(files: &files, ranges: o.chunkRanges ?? [])
         records = o.records
         rows = o.rows
         hasWeights = o.partial.hasWeights

@@ -16,6 +16,8 @@ struct Stats: ParsableCommand {
               rtrace stats rollout.rtrace --capacity-factor 1.25 --batch-tokens 8192 --ep 8
               rtrace stats shard0.rtrace --json > p0.json; rtrace stats shard1.rtrace --json > p1.json
               rtrace stats --merge p0.json p1.json
+              rtrace stats big.rtrace --chunks 0:40 --json > c0.json; rtrace stats big.rtrace --chunks 40:97 --json > c1.json
+              rtrace merge c0.json c1.json --json      # = rtrace stats big.rtrace --json (chunks: rtrace info)
             """)
 
     @Argument(help: "Traces or directories of *.rtrace (or, with --merge, JSON outputs of rtrace stats --json).")
@@ -33,6 +35,9 @@ struct Stats: ParsableCommand {
     @Option(help: "Expert-parallel ranks: token load per rank, contiguous vs balanced (greedy LPT) placement.")
     var ep: Int?
 
+    @Option(help: ArgumentHelp("Count only the records that start in chunks FIRST to END-1 of one complete trace: a part of it, to merge with the other parts' results (rtrace merge).", valueName: "FIRST:END"))
+    var chunks: String?
+
     @Option(help: "Worker threads (default: one per core; a scheduler's task gives what it holds).")
     var threads: Int?
 
@@ -48,6 +53,10 @@ struct Stats: ParsableCommand {
         if batchTokens < 1 { throw ValidationError("--batch-tokens must be at least 1") }
         if let e = ep, e < 1 { throw ValidationError("--ep must be at least 1") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
+        if chunks != nil && merge { throw ValidationError("--chunks selects a part of a trace; --merge merges results") }
+        if chunks != nil && capacityFactor != nil {
+            throw ValidationError("--chunks cannot go with --capacity-factor: capacity batches run on in stream order across the parts")
+        }
         if merge && capacityFactor != nil { throw ValidationError("--capacity-factor cannot be applied when merging (it was fixed when the partials were made)") }
     }
 
@@ -61,7 +70,7 @@ struct Stats: ParsableCommand {
             } else {
                 var options = StatsOptions(capacityFactor: capacityFactor, batchTokens: batchTokens, ep: ep)
                 if let t = threads { options.threads = t }
-                p = try statsTraces(files, options: options)
+                p = try statsTraces(files, options: options, chunks: chunks)
             }
             let report = p.report
             violations = try checkThresholds(jsonTree(report), limits)

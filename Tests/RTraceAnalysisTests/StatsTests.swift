@@ -171,3 +171,47 @@ func filesWithAndWithoutLogits(_ d: String) throws -> (with: String, without: St
     let text = String(decoding: try JSONSerialization.data(withJSONObject: tree), as: UTF8.self)
     #expect(error(text).contains("partial.layers[1].counts has 2 experts"), "\(error(text))")
 }
+
+@Test func chunkRangesMergeToTheWholeFileAndNothingTwice() throws {
+    let d = tempDir()
+    let path = samplesDir + "/rollout.rtrace"
+    let n = try #require(TraceReader(path: path).index).chunks.count
+    let whole = try statsTraces([path])
+    func part(_ a: Int, _ b: Int) throws -> String {
+        let out = d + "/p\(a)-\(b).json"
+        try encodeJSON(try statsTraces([path], chunks: "\(a):\(b)").report).write(toFile: out, atomically: true, encoding: .utf8)
+        return out
+    }
+    for cuts in [[0, n], [0, 1, n], [0, 3, 4, 9, n], Array(0...n)] {
+        let parts = try zip(cuts, cuts.dropFirst()).map { try part($0, $1) }
+        for order in [parts, parts.reversed()] {
+            let m = try mergeStats(order)
+            #expect(m == whole && m.files == whole.files && m.chunkRanges.isEmpty, "cuts \(cuts)")
+            #expect(encodeJSON(m.report) == encodeJSON(whole.report), "cuts \(cuts)")
+        }
+        let counts = try parts.map { try StatsReport.read(path: $0).records }
+        #expect(counts.reduce(0, +) == whole.records)
+    }
+    // Parts that do not cover the file stay parts; a merge of merges completes them.
+    let left = try mergeStats([try part(0, 3), try part(5, n)])
+    #expect(left.files.isEmpty && left.chunkRanges.map { [$0.first, $0.end] } == [[0, 3], [5, n]])
+    let leftPath = d + "/left.json"
+    try encodeJSON(left.report).write(toFile: leftPath, atomically: true, encoding: .utf8)
+    #expect(try mergeStats([leftPath, try part(3, 5)]) == whole)
+    // Nothing counts twice: overlapping parts, a part with its whole file, a file twice.
+    let wholePath = d + "/whole.json"
+    try encodeJSON(whole.report).write(toFile: wholePath, atomically: true, encoding: .utf8)
+    for (paths, says) in [([try part(0, 4), try part(3, n)], "chunks 3:4 counted twice"),
+                          ([try part(0, 4), wholePath], "counted twice"), ([wholePath, wholePath], "counted twice")] {
+        #expect(throws: TraceError.self) { try mergeStats(paths) }
+        do { _ = try mergeStats(paths) } catch { #expect("\(error)".contains(says), "\(error)") }
+    }
+    // What --chunks refuses.
+    for (chunks, says) in [("0:\(n + 1)", "give 0 ≤ FIRST < END ≤ \(n)"), ("2:2", "give 0 ≤ FIRST"), ("x", "FIRST:END")] {
+        do { _ = try statsTraces([path], chunks: chunks); Issue.record("--chunks \(chunks) accepted") } catch {
+            #expect("\(error)".contains(says), "\(error)")
+        }
+    }
+    #expect(throws: TraceError.self) { try statsTraces([path, path], chunks: "0:1") }
+    #expect(throws: TraceError.self) { try statsTraces([path], options: StatsOptions(capacityFactor: 1), chunks: "0:1") }
+}

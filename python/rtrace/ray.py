@@ -276,12 +276,17 @@ def _uid_shard_task(p, n, paths_a, paths_b, names_a, names_b, exe, options):
     return relabel(json.loads(out), names_a, names_b, p, n)
 
 
-def _stats_task(paths, names, exe, capacity_factor, batch_tokens):
+def _stats_task(paths, names, exe, capacity_factor, batch_tokens, chunks=None):
     args = ["stats", *paths, "--json", "--batch-tokens", batch_tokens, *_task_threads()]
     if capacity_factor is not None:
         args += ["--capacity-factor", repr(float(capacity_factor))]
+    if chunks is not None:
+        args += ["--chunks", f"{chunks[0]}:{chunks[1]}"]
     out = json.loads(run_rtrace(_worker_rtrace(exe), args))
-    out["files"] = list(names)
+    if chunks is None:
+        out["files"] = list(names)
+    else:
+        out["chunk_ranges"][0]["file"] = names[0]
     return out
 
 
@@ -354,18 +359,34 @@ def diff(a_paths, b_paths, *, top: int = 10, buckets: int = 4, is_thresholds: Se
 
 
 def stats(paths, *, capacity_factor: Optional[float] = None, batch_tokens: int = 4096, ep: Optional[int] = None,
-          rtrace_bin: Optional[str] = None) -> dict:
+          rows_per_task: Optional[int] = None, rtrace_bin: Optional[str] = None) -> dict:
     """What ``rtrace stats FILE… --json`` prints for the files of ``paths`` (with
     ``--capacity-factor``, ``--batch-tokens``, ``--ep`` when given), as a dict, computed on the Ray
-    cluster: one task per file runs ``rtrace stats FILE --json``, and ``rtrace merge`` adds the partials.
-    With ``capacity_factor``, whose batches of ``batch_tokens`` rows run on from one file into the next,
-    a task takes the files up to a batch boundary (``stats_groups``): files whose rows are not multiples
-    of ``batch_tokens`` go to one task together. Errors as ``diff``."""
+    cluster: each task runs ``rtrace stats FILE --chunks FIRST:END --json`` over a range of whole chunks
+    holding about ``rows_per_task`` rows (default: the rows over 4 × the cluster's CPUs), so one large
+    file is counted by several tasks, and ``rtrace merge`` adds the partials (the ranges of a file
+    merge into the file). With ``capacity_factor``, whose batches of ``batch_tokens`` rows run on in
+    stream order, a task takes whole files up to a batch boundary (``stats_groups``): files whose rows
+    are not multiples of ``batch_tokens`` go to one task together. Errors as ``diff``."""
     if batch_tokens < 1:
         raise ValueError(f"batch_tokens must be at least 1, not {batch_tokens}")
+    if rows_per_task is not None and rows_per_task < 1:
+        raise ValueError(f"rows_per_task must be at least 1, not {rows_per_task}")
     exe = find_rtrace(rtrace_bin)
     files = _inputs(paths)
     _init()
-    partials = _get([_stats_remote.remote([f.path for f in g], [f.name for f in g], exe, capacity_factor, batch_tokens)
-                     for g in stats_groups(files, capacity_factor, batch_tokens)])
+    if capacity_factor is None:
+        if rows_per_task is None:
+            total = sum(_file_rows(f) for f in files)
+            rows_per_task = max(1, min(1 << 20, math.ceil(total / (4 * _cpus()))))
+        units = plan_units(files, rows_per_task)
+        whole = {f.path: len(f.chunks) if f.chunks is not None else None for f in files}
+        tasks = [_stats_remote.remote([u.path], [u.name], exe, None, batch_tokens,
+                                      None if u.first is None or (u.first, u.end) == (0, whole[u.path])
+                                      else (u.first, u.end))
+                 for u in units]
+    else:
+        tasks = [_stats_remote.remote([f.path for f in g], [f.name for f in g], exe, capacity_factor, batch_tokens)
+                 for g in stats_groups(files, capacity_factor, batch_tokens)]
+    partials = _get(tasks)
     return _merge(exe, partials, ["--json"] + (["--ep", str(int(ep))] if ep is not None else []))

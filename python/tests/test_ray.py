@@ -217,7 +217,11 @@ def test_diff_on_shuffled_uneven_shards(rr, shards):
 
 def test_stats_equals_the_cli(rr, shards):
     files = shards["a"] + [ROLLOUT]
-    assert_same(rr.stats(files), cli("stats", *files, "--json"))
+    want = cli("stats", *files, "--json")
+    assert_same(rr.stats(files), want)
+    # one file counted in chunk ranges by several tasks (rtrace stats --chunks), merged into the file
+    for rows in (1, 100, 700):
+        assert rr.stats(files, rows_per_task=rows) == want
     # capacity batches run on across files: a task takes files up to a batch boundary
     files = open_files(shards["b"])   # 5, 2 and 5 records of 127 rows
     assert [len(g) for g in rr.stats_groups(files, 1.25, 127)] == [1, 1, 1]   # 127-row records: every file
@@ -242,10 +246,16 @@ def test_tasks_run_rtrace_with_the_cpus_ray_gave_them(rr, shards, tmp_path):
     wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {os.path.abspath(BIN)} "$@"\n')
     wrapper.chmod(0o755)
     rr.stats(shards["a"], rtrace_bin=str(wrapper))
+    rr.stats([ROLLOUT], rows_per_task=300, rtrace_bin=str(wrapper))
     rr.diff(shards["a"], shards["b"], partitions=2, rtrace_bin=str(wrapper))
     rr.diff(shards["a"], shards["b"], partitions=2, strategy="uid-shard", rtrace_bin=str(wrapper))
     runs = [line.split() for line in log.read_text().splitlines() if line.split()[0] in ("stats", "diff")]
-    assert {r[0] for r in runs} == {"stats", "diff"} and len(runs) == len(shards["a"]) + 4
+    assert sum(r[0] == "diff" for r in runs) == 4
+    # the sample (11 chunks) was counted in ranges that tile it
+    ranges = sorted(tuple(map(int, r[r.index("--chunks") + 1].split(":"))) for r in runs
+                    if "--chunks" in r and os.path.abspath(ROLLOUT) in map(os.path.abspath, r))
+    assert len(ranges) > 1 and ranges[0][0] == 0 and ranges[-1][1] == 11
+    assert all(x[1] == y[0] for x, y in zip(ranges, ranges[1:]))
     for r in runs:
         assert r[r.index("--threads") + 1] == "1", r
 
