@@ -4,8 +4,8 @@ import Foundation
 ///
 /// Each x² is added as its rounded value p = x·x and the error e = fma(x, x, −p), whose last bit lies as far
 /// below x²'s as x's own last bit squared. Squares below 2⁻⁸ go, scaled by 2⁶⁴, into ``low``; the others into
-/// ``high``: both parts land on ``WideSum``'s 2⁻¹²⁰ grid (so exactly) for every |x| ≥ 2⁻⁴⁰, and within
-/// 2⁻¹⁸⁴ below that. Partial sums merge exactly, in any order. Squares at or beyond ``WideSum/limit`` count
+/// ``high``: both parts land on ``WideSum``'s 2⁻¹²⁰ grid (so exactly) for every |x| ≥ 2⁻⁴⁰; below that,
+/// each square is within 2⁻¹⁸⁵ of exact. Partial sums merge exactly, in any order. Squares at or beyond ``WideSum/limit`` count
 /// as +∞.
 public struct ExactSquares: Codable, Equatable, Sendable {
     /// Σ of the squares ≥ 2⁻⁸ (rounded value and error).
