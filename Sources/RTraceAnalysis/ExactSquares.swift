@@ -17,8 +17,20 @@ public struct ExactSquares: Codable, Equatable, Sendable {
     /// An empty sum (zero).
     public init() {}
 
+    /// Adds x² (the per-token path: plain ``WideSum/add(_:)``s).
+    @inline(__always) public mutating func add(squareOf x: Double) {
+        let p = x * x
+        let e = p < WideSum.limit ? (-p).addingProduct(x, x) : 0
+        if p < ExactSquares.split {
+            low.add(p * ExactSquares.scale); low.add(e * ExactSquares.scale)
+        } else {
+            high.add(p)
+            if e != 0 { high.add(e) }
+        }
+    }
+
     /// Adds `n` copies of x² (`n` ≥ 0), or subtracts them when `negate`.
-    @inline(__always) public mutating func add(squareOf x: Double, count n: Int = 1, negate: Bool = false) {
+    public mutating func add(squareOf x: Double, count n: Int, negate: Bool = false) {
         let p = x * x
         let e = p < WideSum.limit ? (-p).addingProduct(x, x) : 0
         let sign = negate ? -1.0 : 1.0
