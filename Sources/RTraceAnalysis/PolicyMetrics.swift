@@ -51,6 +51,10 @@ struct PolicyBounds: Sendable {
     /// Whether a rule's statistic is above its upper bound / below its lower bound (k1 only).
     @inline(__always) func high(_ o: RSOption, _ x: Double) -> Bool { x > (o.isK1 ? logC : c) }
     @inline(__always) func low(_ o: RSOption, _ x: Double) -> Bool { o.isK1 && x < logInvC }
+    /// verl's clamp before a rule's standard deviation: `clamp(min = lower bound (k1) or 0, max = upper bound)`.
+    @inline(__always) func clampForStd(_ o: RSOption, _ x: Double) -> Double {
+        o.isK1 ? min(max(x, logInvC), logC) : min(max(x, 0.0), c)
+    }
 }
 
 /// Token-level sums of one routing group: every figure that splits by flipped layers.
@@ -84,22 +88,37 @@ struct TokenThresholdCounts: Codable, Equatable, Sendable {
     }
 }
 
-/// A per-sequence value's sum and range over sequences.
+/// A per-sequence value's sum, exact sum of squares (for torch's `std()` over sequences) and range.
 struct SequenceValues: Codable, Equatable, Sendable {
-    var sum = WideSum(), range = MinMax()
-    @inline(__always) mutating func add(_ x: Double) { sum.add(x); range.add(x) }
-    mutating func merge(_ o: SequenceValues) { sum.merge(o.sum); range.merge(o.range) }
+    var sum = WideSum(), squares = ExactSquares(), range = MinMax()
+    @inline(__always) mutating func add(_ x: Double) { sum.add(x); squares.add(squareOf: x); range.add(x) }
+    mutating func merge(_ o: SequenceValues) { sum.merge(o.sum); squares.merge(o.squares); range.merge(o.range) }
+}
+
+/// Σ (clamp(x) − x) and Σ (clamp(x)² − x²) over the tokens whose statistic x a rule's standard deviation
+/// clamps (verl clamps it to [lower bound or 0, upper bound]): added to the unclamped sums, they give the
+/// clamped ones exactly, and tokens inside the bounds (nearly all) cost nothing per threshold.
+struct ClampCorrection: Codable, Equatable, Sendable {
+    var sum = WideSum(), squares = ExactSquares()
+    /// Records `n` tokens whose statistic x clamps to `c` (c ≠ x).
+    mutating func add(clamped c: Double, raw x: Double, count n: Int = 1) {
+        sum.add(c, count: n); sum.add(-x, count: n)
+        squares.add(squareOf: c, count: n); squares.add(squareOf: x, count: n, negate: true)
+    }
+    mutating func merge(_ o: ClampCorrection) { sum.merge(o.sum); squares.merge(o.squares) }
 }
 
 /// Threshold-free sums of one rejection rule's statistic.
 struct RSStatistic: Codable, Equatable, Sendable {
-    /// Σ over tokens of the statistic each token carries (sequence rules: n_i · s_i).
-    var weighted = WideSum()
+    /// Σ over tokens of the statistic each token carries (sequence rules: n_i · s_i), and of its square.
+    var weighted = WideSum(), weightedSquares = ExactSquares()
     /// Token rules: range over tokens; sequence rules: over sequences.
     var range = MinMax()
     /// Per sequence: token rules the mean of the statistic, sequence rules s_i.
     var perSequence = SequenceValues()
-    mutating func merge(_ o: RSStatistic) { weighted.merge(o.weighted); range.merge(o.range); perSequence.merge(o.perSequence) }
+    mutating func merge(_ o: RSStatistic) {
+        weighted.merge(o.weighted); weightedSquares.merge(o.weightedSquares); range.merge(o.range); perSequence.merge(o.perSequence)
+    }
 }
 
 /// Counts of one rejection rule at one threshold.
@@ -110,16 +129,20 @@ struct RSCounts: Codable, Equatable, Sendable {
     var high = 0, low = 0
     /// Sequences whose per-sequence value is above / below the bounds.
     var seqHigh = 0, seqLow = 0
+    /// What clamping the per-token statistic to the rule's bounds changes in ``RSStatistic/weighted`` and
+    /// ``RSStatistic/weightedSquares`` (verl's `rollout_rs_RULE_std`).
+    var clamped = ClampCorrection()
     mutating func merge(_ o: RSCounts) {
         maskedTokens += o.maskedTokens; maskedSequences += o.maskedSequences
         high += o.high; low += o.low; seqHigh += o.seqHigh; seqLow += o.seqLow
+        clamped.merge(o.clamped)
     }
 }
 
 /// Importance-sampling sums at one threshold C, for `rollout_is = token` or `sequence`.
 struct ISThresholdSums: Codable, Equatable, Sendable {
-    /// Σ over tokens of the truncated weight min(w, C) and of its square.
-    var truncated = WideSum(), truncatedSquares = WideSum()
+    /// Σ over tokens of the truncated weight min(w, C) and of its exact square.
+    var truncated = WideSum(), truncatedSquares = ExactSquares()
     /// Per sequence, the mean truncated weight over its tokens.
     var perSequence = SequenceValues()
     /// Sequences whose mean raw weight is > C / < 1/C.
@@ -272,7 +295,7 @@ public struct PolicyAcc: Codable, Equatable, Sendable {
             rho.add(r)
             for i in 0..<3 {  // rs[0…2] are token_k1, token_k2, token_k3
                 stat[i].add(x[i]); statMax[i] = max(statMax[i], x[i])
-                rs[i].weighted.add(x[i]); rs[i].range.add(x[i])
+                rs[i].weighted.add(x[i]); rs[i].weightedSquares.add(squareOf: x[i]); rs[i].range.add(x[i])
             }
             groups[f].tokens += 1
             if f <= layers { groups[f].flippedLayers += f }
@@ -285,7 +308,7 @@ public struct PolicyAcc: Codable, Equatable, Sendable {
                 let bd = bounds[c]
                 let w = min(r, bd.c)
                 truncated[c].add(w)
-                isToken[c].truncatedSquares.add(w * w)
+                isToken[c].truncatedSquares.add(squareOf: w)
                 var cnt = groups[f].thresholds[c]
                 if r > bd.c { cnt.isHigh += 1 }
                 if r < bd.invC { cnt.isLow += 1 }
@@ -297,6 +320,10 @@ public struct PolicyAcc: Codable, Equatable, Sendable {
                 if !(x[1] <= bd.c) { cnt.k2High += 1; masked[c][1] += 1 }
                 if !(x[2] <= bd.c) { cnt.k3High += 1; masked[c][2] += 1 }
                 groups[f].thresholds[c] = cnt
+                for i in 0..<3 where i > 0 || bd.bandValid {
+                    let o = RSOption.allCases[i], v = bd.clampForStd(o, x[i])
+                    if v != x[i] { rsCounts[c][i].clamped.add(clamped: v, raw: x[i]) }
+                }
             }
         }
         guard n > 0 else { return }
@@ -331,7 +358,10 @@ public struct PolicyAcc: Codable, Equatable, Sendable {
             case .max: seqValue[i] = statMax[k]
             }
             rs[i].perSequence.add(seqValue[i])
-            if o.aggregate != .token { rs[i].weighted.add(nd * seqValue[i]); rs[i].range.add(seqValue[i]) }
+            if o.aggregate != .token {  // every token of the sequence carries s_i
+                rs[i].weighted.add(seqValue[i], count: n); rs[i].weightedSquares.add(squareOf: seqValue[i], count: n)
+                rs[i].range.add(seqValue[i])
+            }
         }
         let rawTokenMean = sumRho / den, rawSeqMean = nd * seqWeight / den
         for (c, bd) in bounds.enumerated() {
@@ -343,8 +373,8 @@ public struct PolicyAcc: Codable, Equatable, Sendable {
             if rawTokenMean < bd.invC { isToken[c].seqLow += 1 }
             // rollout_is = sequence: one weight for all the sequence's tokens.
             let w = min(seqWeight, bd.c)
-            isSequence[c].truncated.add(nd * w)
-            isSequence[c].truncatedSquares.add(nd * (w * w))
+            isSequence[c].truncated.add(w, count: n)
+            isSequence[c].truncatedSquares.add(squareOf: w, count: n)
             isSequence[c].perSequence.add(nd * w / den)
             if rawSeqMean > bd.c { isSequence[c].seqHigh += 1 }
             if rawSeqMean < bd.invC { isSequence[c].seqLow += 1 }
@@ -364,6 +394,8 @@ public struct PolicyAcc: Codable, Equatable, Sendable {
                     if m > 0 { cnt.maskedSequences += 1 }
                     if o.isK1 { cnt.high += k1High[c]; cnt.low += k1Low[c] } else { cnt.high += m }
                 } else {
+                    let vc = bd.clampForStd(o, v)
+                    if vc != v { cnt.clamped.add(clamped: vc, raw: v, count: n) }
                     let keep = o.isK1 ? (v >= bd.logInvC && v <= bd.logC) : v <= bd.c
                     if !keep { cnt.maskedTokens += n; cnt.maskedSequences += 1 }
                     if bd.high(o, v) { cnt.high += 1 }

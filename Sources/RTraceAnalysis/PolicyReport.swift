@@ -30,15 +30,19 @@ public struct ExtremeFractions: Codable, Equatable, Sendable {
 }
 
 /// verl's importance-sampling metrics (`compute_rollout_correction_weights` with `rollout_is = token` or
-/// `sequence`, truncated IS at C) under verl's names; the standard deviations are not reported.
+/// `sequence`, truncated IS at C) under verl's names.
 public struct ISMetrics: Codable, Equatable, Sendable {
     @ReportNumber public var rolloutIsMean: Double? = nil
     @ReportNumber public var rolloutIsMax: Double? = nil
     @ReportNumber public var rolloutIsMin: Double? = nil
     @ReportNumber public var rolloutIsRatioFractionHigh: Double? = nil
     @ReportNumber public var rolloutIsRatioFractionLow: Double? = nil
+    /// verl's std of the weights over tokens: (D·Σw² − (Σw)²) / D², D = n + 10⁻⁸ (exact numerator).
+    @ReportNumber public var rolloutIsStd: Double? = nil
     @ReportNumber public var rolloutIsEffSampleSize: Double? = nil
     @ReportNumber public var rolloutIsSeqMean: Double? = nil
+    /// torch's unbiased std over sequences of the sequence's mean weight.
+    @ReportNumber public var rolloutIsSeqStd: Double? = nil
     @ReportNumber public var rolloutIsSeqMax: Double? = nil
     @ReportNumber public var rolloutIsSeqMin: Double? = nil
     @ReportNumber public var rolloutIsSeqMaxDeviation: Double? = nil
@@ -50,8 +54,8 @@ public struct ISMetrics: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey {
         case rolloutIsMean = "rollout_is_mean", rolloutIsMax = "rollout_is_max", rolloutIsMin = "rollout_is_min"
         case rolloutIsRatioFractionHigh = "rollout_is_ratio_fraction_high", rolloutIsRatioFractionLow = "rollout_is_ratio_fraction_low"
-        case rolloutIsEffSampleSize = "rollout_is_eff_sample_size"
-        case rolloutIsSeqMean = "rollout_is_seq_mean", rolloutIsSeqMax = "rollout_is_seq_max", rolloutIsSeqMin = "rollout_is_seq_min"
+        case rolloutIsStd = "rollout_is_std", rolloutIsEffSampleSize = "rollout_is_eff_sample_size"
+        case rolloutIsSeqMean = "rollout_is_seq_mean", rolloutIsSeqStd = "rollout_is_seq_std", rolloutIsSeqMax = "rollout_is_seq_max", rolloutIsSeqMin = "rollout_is_seq_min"
         case rolloutIsSeqMaxDeviation = "rollout_is_seq_max_deviation"
         case rolloutIsSeqFractionHigh = "rollout_is_seq_fraction_high", rolloutIsSeqFractionLow = "rollout_is_seq_fraction_low"
         case rolloutIsOobRatio = "rollout_is_oob_ratio"
@@ -59,12 +63,15 @@ public struct ISMetrics: Codable, Equatable, Sendable {
 }
 
 /// verl's metrics of one rejection rule (`compute_rollout_rejection_mask` with `rollout_rs = option` and
-/// `rollout_rs_threshold = C`), the standard deviations left out. All nil for a k1 rule at C < 1 (verl
+/// `rollout_rs_threshold = C`). All nil for a k1 rule at C < 1 (verl
 /// refuses a band [1/C, C] with 1/C > C).
 public struct RSOptionMetrics: Equatable, Sendable {
     /// The rule.
     public var option: RSOption
     public var mean: Double?, max: Double?, min: Double?, fractionHigh: Double?, fractionLow: Double?
+    /// verl's std over tokens of the statistic clamped to the rule's bounds (as ``ISMetrics/rolloutIsStd``),
+    /// and torch's unbiased std of the per-sequence values.
+    public var std: Double?, seqStd: Double?
     public var seqMean: Double?, seqMax: Double?, seqMin: Double?, seqMaxDeviation: Double?
     public var seqFractionHigh: Double?
     /// k1 rules only (verl logs it only for them).
@@ -75,7 +82,7 @@ public struct RSOptionMetrics: Equatable, Sendable {
     /// `(suffix, value)` in verl's order; verl's key is `rollout_rs_<option>_<suffix>`.
     public var fields: [(String, Double?)] {
         var f: [(String, Double?)] = [("mean", mean), ("max", max), ("min", min), ("fraction_high", fractionHigh), ("fraction_low", fractionLow),
-                                      ("seq_mean", seqMean), ("seq_max", seqMax), ("seq_min", seqMin), ("seq_max_deviation", seqMaxDeviation),
+                                      ("std", std), ("seq_mean", seqMean), ("seq_std", seqStd), ("seq_max", seqMax), ("seq_min", seqMin), ("seq_max_deviation", seqMaxDeviation),
                                       ("seq_fraction_high", seqFractionHigh)]
         if option.isK1 { f.append(("seq_fraction_low", seqFractionLow)) }
         f += [("masked_fraction", maskedFraction), ("seq_masked_fraction", seqMaskedFraction)]
@@ -117,6 +124,7 @@ public struct RSMetrics: Codable, Equatable, Sendable {
             }
             m.mean = try get("mean"); m.max = try get("max"); m.min = try get("min")
             m.fractionHigh = try get("fraction_high"); m.fractionLow = try get("fraction_low")
+            m.std = try get("std"); m.seqStd = try get("seq_std")
             m.seqMean = try get("seq_mean"); m.seqMax = try get("seq_max"); m.seqMin = try get("seq_min")
             m.seqMaxDeviation = try get("seq_max_deviation"); m.seqFractionHigh = try get("seq_fraction_high")
             m.seqFractionLow = try get("seq_fraction_low")
@@ -310,6 +318,8 @@ extension PolicyAcc {
             func seqFigures(_ x: inout ISMetrics, _ sums: ISThresholdSums) {
                 let r = sums.perSequence.range
                 x.rolloutIsSeqMean = sums.perSequence.sum.value / s
+                x.rolloutIsSeqStd = ExactVariance.sampleStd(count: sequences, sum: sums.perSequence.sum, squares: sums.perSequence.squares)
+                x.rolloutIsStd = ExactVariance.maskedStd(count: all.tokens, sum: sums.truncated, squares: sums.truncatedSquares)
                 x.rolloutIsSeqMax = r.max; x.rolloutIsSeqMin = r.min
                 x.rolloutIsSeqMaxDeviation = Swift.max(abs(r.max - 1.0), abs(r.min - 1.0))
                 x.rolloutIsSeqFractionHigh = seqShare(sums.seqHigh)
@@ -346,6 +356,10 @@ extension PolicyAcc {
                 m.fractionHigh = perSeq ? seqShare(k.high) : Double(k.high) / den
                 m.fractionLow = o.isK1 ? (perSeq ? seqShare(k.low) : Double(k.low) / den) : 0.0
                 m.seqMean = st.perSequence.sum.value / s
+                var s1 = st.weighted, s2 = st.weightedSquares
+                s1.merge(k.clamped.sum); s2.merge(k.clamped.squares)
+                m.std = ExactVariance.maskedStd(count: all.tokens, sum: s1, squares: s2)
+                m.seqStd = ExactVariance.sampleStd(count: sequences, sum: st.perSequence.sum, squares: st.perSequence.squares)
                 m.seqMax = st.perSequence.range.max; m.seqMin = st.perSequence.range.min
                 m.seqMaxDeviation = st.perSequence.range.maxAbs
                 m.seqFractionHigh = seqShare(k.seqHigh)

@@ -53,6 +53,16 @@ public struct WideSum: Sendable, Equatable {
         }
     }
 
+    /// Adds `n` ≥ 0 copies of a term: the same state as `n` calls of ``add(_:)``, in one step.
+    public mutating func add(_ x: Double, count n: Int) {
+        guard n != 1 else { add(x); return }
+        var one = WideSum()
+        one.add(x)
+        let k = Int128(n)
+        whole &+= one.whole &* k; fracHigh &+= one.fracHigh &* k; fracLow &+= one.fracLow &* k
+        positiveInfinities += one.positiveInfinities * n; negativeInfinities += one.negativeInfinities * n; nans += one.nans * n
+    }
+
     /// Adds another partial sum (exact, commutative and associative).
     public mutating func merge(_ o: WideSum) {
         whole &+= o.whole; fracHigh &+= o.fracHigh; fracLow &+= o.fracLow

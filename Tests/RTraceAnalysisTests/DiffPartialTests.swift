@@ -48,6 +48,10 @@ struct DiffPartialTests {
                 #expect(rep.result.a == fa && rep.result.b == fb)
                 // Counts identical; floats identical to the bit (exact sums), so well within 1e-12.
                 #expect(rep.result.perLayer == single.result.perLayer && rep.result.policy == single.result.policy)
+                // Including the standard deviations, which need the exact sums of squares to merge.
+                let th = try #require(rep.result.policy?.thresholds.first)
+                #expect(th.rolloutIsToken.rolloutIsStd ?? 0 > 0 && th.rolloutIsSequence.rolloutIsSeqStd ?? 0 > 0
+                        && th.rolloutRs.options.allSatisfy { ($0.std ?? 0) > 0 && ($0.seqStd ?? 0) > 0 })
             }
         }
         // The same sample files split by uid shard give the same files in the merged report.

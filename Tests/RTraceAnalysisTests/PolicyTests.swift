@@ -119,6 +119,17 @@ struct PolicyTests {
         let t = p.thresholds[0].rolloutIsToken
         #expect(t.rolloutIsRatioFractionHigh == 1 / den && t.rolloutIsRatioFractionLow == 1 / den && t.rolloutIsOobRatio == 2 / den)
         #expect(relClose(t.rolloutIsMean, (1.5 + exp(lr[1])) / den, 1e-15) && t.rolloutIsMax == 1.5 && relClose(t.rolloutIsMin, 1.0 / 3, 1e-6))
+        // Standard deviations: verl's (D·Σx² − (Σx)²) / D² over tokens (D = n + 1e-8); one sequence: 0 over sequences.
+        func maskedStd(_ x: [Double]) -> Double { ((den * (x[0] * x[0] + x[1] * x[1]) - (x[0] + x[1]) * (x[0] + x[1])) / (den * den)).squareRoot() }
+        #expect(relClose(t.rolloutIsStd, maskedStd([1.5, exp(lr[1])]), 1e-14) && t.rolloutIsSeqStd == 0)
+        let k2 = p.thresholds[0].rolloutRs.options[RSOption.tokenK2.index]  // ½ log² ρ ≈ 0.17, 0.60: not clamped at 1.5
+        #expect(relClose(k2.std, maskedStd(lr.map { 0.5 * ($0 * $0) }), 1e-14) && k2.seqStd == 0)
+        let k1 = p.thresholds[0].rolloutRs.options[RSOption.tokenK1.index]  // −log ρ clamped to [log(1/1.5), log 1.5]
+        #expect(relClose(k1.std, maskedStd(lr.map { min(max(-$0, log(1 / 1.5)), log(1.5)) }), 1e-14))
+        // seq_sum_k1 at C = 1.5: both tokens carry s = −Σ log ρ ≈ 0.51, clamped to log 1.5: only verl's ε is left,
+        // (D·n·x² − n²x²) / D² = n·x²·(D − n) / D².
+        let sk1 = p.thresholds[0].rolloutRs.options[RSOption.seqSumK1.index]
+        #expect(relClose(sk1.std, log(1.5) * (2 * (den - 2)).squareRoot() / den, 1e-12))
         // rollout_is = sequence: Π ρ = 0.6 is inside [1/1.5, 1.5] but below 1/2... at C = 2.
         let s15 = p.thresholds[0].rolloutIsSequence, s2 = p.thresholds[1].rolloutIsSequence
         #expect(s15.rolloutIsRatioFractionLow == 1 && s2.rolloutIsRatioFractionLow == 0 && s2.rolloutIsOobRatio == 0)
@@ -145,7 +156,7 @@ struct PolicyTests {
         let th = try #require((j["thresholds"] as? [[String: Any]])?[2])
         let rs = try #require(th["rollout_rs"] as? [String: Any])
         #expect(rs["rollout_rs_token_k1_mean"] is NSNull && rs["rollout_rs_token_k2_seq_fraction_low"] == nil)
-        #expect(rs.count == 3 * 13 + 8 * 12)
+        #expect(rs.count == 3 * 15 + 8 * 14)
         #expect(try JSONDecoder().decode(PolicyReport.self, from: JSONEncoder().encode(p)) == p)
     }
 

@@ -8,14 +8,21 @@ on the bundled Qwen3-MoE samples' logprobs, in float64. A missing wheel or funct
 What is compared, for each pair (rollout against each training pass, and a variant with uneven response
 masks, missing routing rows and a NaN logprob) and each threshold C:
 - compute_offpolicy_metrics: every key;
-- compute_rollout_correction_weights (rollout_is = token and sequence, truncated IS at C): every key but the
-  two standard deviations, which rtrace does not report; with IcePop ("1/C_C"), rollout_is_oob_ratio;
-- compute_rollout_rejection_mask (each rollout_rs option alone at C): every key of the option but its two
-  standard deviations.
+- compute_rollout_correction_weights (rollout_is = token and sequence, truncated IS at C): every key; with
+  IcePop ("1/C_C"), rollout_is_oob_ratio;
+- compute_rollout_rejection_mask (each rollout_rs option alone at C): every key of the option.
 Numbers must agree to 1e-12 relative. chi2_token and chi2_seq are E[x] - 1: verl rounds E[x] (near 1)
 before subtracting, so its own float64 value carries an error of ~1e-16 * E[x], which is ~1e-12 of a
 chi2 of 1e-4; those two are compared relative to 1 + |chi2|, and rtrace's value is checked against the
 exact rational value of verl's formula instead (1e-14).
+
+The token-level standard deviations (rollout_is_std, rollout_rs_RULE_std) are the same kind: verl's
+one-pass masked_mean(x^2) - masked_mean(x)^2 carries an error of ~1e-16 * E[x^2], so verl's std is off by
+~1e-16 * E[x^2] / std; they are compared within that bound, and rtrace's std is checked against the exact
+rational value of verl's formula over the same float64 terms (1e-13). The standard deviations over sequences
+(`_seq_std`, torch's two-pass unbiased std) are compared to 1e-12 (plus the spread that an ulp of each
+per-sequence value can make), and also checked against the exact rational value over rtrace's own
+per-sequence values (1e-13).
 
 The split by routing is checked against an independent numpy computation: each token's group is the number
 of layers whose top-k set differs between the two sides in the row that produced it (row t - 1).
@@ -45,9 +52,7 @@ H_NAMES = ["SAFETY_BOUND", "SUPPORTED_ROLLOUT_RS_OPTIONS", "TOKEN_LEVEL_ROLLOUT_
            "compute_is_metrics", "compute_rollout_rejection_mask", "compute_rs_metrics"]
 THRESHOLDS = [2.0, 1.05, 1.001, 0.001, 0.0001]
 REL = 1e-12
-# verl keys rtrace leaves out: standard deviations (one-pass variances of mergeable sums cannot reproduce them
-# to 1e-12) and the combined keys of several rs options at once (rtrace reports each option alone).
-NOT_REPORTED = ("_std",)
+# verl keys rtrace leaves out: the combined keys of several rs options at once (rtrace reports each option alone).
 COMBINED = {"rollout_rs_masked_fraction", "rollout_rs_seq_masked_fraction"}
 
 
@@ -196,11 +201,17 @@ def check_against_verl(V, case, pol):
         for level in ("token", "sequence"):
             got = t[f"rollout_is_{level}"]
             _, want = V.compute_rollout_correction_weights(log_ratio, mask, level, c)
-            keys = {k for k in want if not k.endswith(NOT_REPORTED)}
+            keys = set(want)
             assert set(got) == keys | {"rollout_is_oob_ratio"}, f"C={c} {level}: keys differ from verl's"
             for k in keys:
+                if k.endswith("_std"):
+                    continue
                 close(got[k], want[k], f"C={c} rollout_is={level} {k}")
                 compared += 1
+            terms = exact_terms(case, c)
+            x = terms[f"is_{level}"]
+            check_std(got, want, "rollout_is", x, f"C={c} rollout_is={level}")
+            compared += 2
             if 1 / c <= c:
                 try:
                     _, ice = V.compute_rollout_correction_weights(log_ratio, mask, level, f"{1 / c!r}_{c!r}")
@@ -224,14 +235,101 @@ def check_against_verl(V, case, pol):
                 assert opt.endswith("k1") and c < 1, f"verl refused rollout_rs={opt} at {c}"
                 assert mine and all(v is None for v in mine.values()), f"C={c} {opt}: verl refuses it, rtrace reports {mine}"
                 continue
-            keys = {k for k in want if not k.endswith(NOT_REPORTED) and k not in COMBINED}
+            keys = {k for k in want if k not in COMBINED}
             assert set(mine) == keys, f"C={c} {opt}: keys differ from verl's: {set(mine) ^ keys}"
             for k in keys:
+                if k.endswith("_std"):
+                    continue
                 close(mine[k], want[k], f"C={c} {k}")
                 compared += 1
+            check_std(mine, want, f"rollout_rs_{opt}", terms[opt], f"C={c} {opt}")
+            compared += 2
             # One option alone: verl's combined shares are the option's.
             close(mine[f"rollout_rs_{opt}_masked_fraction"], want["rollout_rs_masked_fraction"], f"C={c} {opt} combined")
     return compared
+
+
+EPS = 2.0 ** -53
+
+
+def exact_terms(case, c):
+    """rtrace's float64 terms, as verl defines them, for each rule at threshold C: (per-token values x clamped as
+    verl clamps them before its std, per-sequence values). Sums over a sequence are rounded once (math.fsum),
+    as rtrace's exact sums are."""
+    out = {}
+    seqs = []
+    for i in range(case.mask.shape[0]):
+        sel = case.mask[i] > 0
+        if sel.any():
+            lr = [float(y) - float(x) for x, y in zip(case.lp_a[i][sel], case.lp_b[i][sel])]
+            seqs.append(lr)
+    lo_k1, hi_k1 = (math.log(1 / c), math.log(c)) if 1 / c <= c else (None, None)
+    tok = {k: ([], []) for k in ("is_token", "is_sequence", "token_k1", "token_k2", "token_k3", "seq_sum_k1", "seq_sum_k2",
+                                 "seq_sum_k3", "seq_mean_k1", "seq_mean_k2", "seq_mean_k3", "seq_max_k2", "seq_max_k3")}
+
+    def clamp(k, v):
+        return min(max(v, lo_k1), hi_k1) if k.endswith("k1") else min(max(v, 0.0), c)
+
+    for lr in seqs:
+        n = len(lr)
+        den = n + 1e-8
+        s = [min(max(x, -20.0), 20.0) for x in lr]
+        w = [min(math.exp(x), c) for x in s]
+        tok["is_token"][0].extend(w)
+        tok["is_token"][1].append(math.fsum(w) / den)
+        ws = min(math.exp(min(max(math.fsum(lr), -20.0), 20.0)), c)
+        tok["is_sequence"][0].extend([ws] * n)
+        tok["is_sequence"][1].append(n * ws / den)
+        stats = {"k1": [-x for x in s], "k2": [0.5 * (x * x) for x in s], "k3": [math.exp(x) - 1.0 - x for x in s]}
+        for k, v in stats.items():
+            agg = {"token": math.fsum(v) / den, "seq_sum": math.fsum(v), "seq_mean": math.fsum(v) / den, "seq_max": max(v)}
+            for a, sv in agg.items():
+                name = f"{a}_{k}"
+                if name not in tok:
+                    continue
+                tok[name][1].append(sv)
+                if name.endswith("k1") and lo_k1 is None:
+                    continue
+                tok[name][0].extend([clamp(name, x) for x in v] if a == "token" else [clamp(name, sv)] * n)
+    return tok
+
+
+def exact_std(xs, den, divisor):
+    """sqrt((den * sum x^2 - (sum x)^2) / divisor), the numerator exact (Fractions)."""
+    s1 = sum(map(Fraction, xs))
+    s2 = sum(Fraction(x) ** 2 for x in xs)
+    var = (Fraction(den) * s2 - s1 * s1) / divisor
+    return math.sqrt(max(float(var), 0.0))
+
+
+def check_std(got, want, prefix, terms, where):
+    """`{prefix}_std` and `{prefix}_seq_std`: rtrace against verl (within verl's own rounding) and against the
+    exact value of verl's formula over rtrace's terms (1e-13)."""
+    x, seq = terms
+    g, w = got[f"{prefix}_std"], want[f"{prefix}_std"]
+    n = len(x)
+    if not x:  # a k1 rule verl refuses: handled by the caller's null check
+        assert g is None
+    elif n <= 1:
+        assert g == 0.0 == w
+    else:
+        d = n + 1e-8
+        ex = exact_std(x, d, Fraction(d) ** 2)
+        assert g == ex or abs(g - ex) <= 1e-13 * ex, f"{where} std: rtrace {g!r}, exact {ex!r}"
+        ex2 = math.fsum(v * v for v in x) / d
+        tol = REL * max(g, w) + 64 * EPS * ex2 / max(g, w, 1e-300)
+        assert abs(g - w) <= tol, f"{where} std: rtrace {g!r}, verl {w!r} (tolerance {tol:.3g})"
+    g, w = got[f"{prefix}_seq_std"], want[f"{prefix}_seq_std"]
+    m = len(seq)
+    if m <= 1:
+        assert g == 0.0 == w
+        return
+    ex = exact_std(seq, m, Fraction(m) * (m - 1))
+    assert g == ex or abs(g - ex) <= 1e-13 * ex, f"{where} seq_std: rtrace {g!r}, exact {ex!r}"
+    # An ulp of difference in each per-sequence value (rtrace sums exactly, torch does not) moves the std by
+    # up to ~ max|s| * 2^-52 * sqrt(m / (m - 1)).
+    tol = REL * max(g, w) + 4 * EPS * max(abs(v) for v in seq)
+    assert abs(g - w) <= tol, f"{where} seq_std: rtrace {g!r}, verl {w!r} ({abs(g - w) / max(g, w):.2e} relative)"
 
 
 def flips_per_row(ids_a, ids_b):
