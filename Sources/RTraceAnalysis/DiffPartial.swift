@@ -228,14 +228,7 @@ extension DiffPartial: Codable {
 
     /// Reads a partial from a JSON file (`-`: standard input). Errors name the file and the field.
     public static func read(path: String) throws(TraceError) -> DiffPartial {
-        let data = try readInputFile(path)
-        do {
-            return try JSONDecoder().decode(DiffPartial.self, from: data)
-        } catch let e as DecodingError {
-            throw TraceError(.invalidInput, "not a diff partial (rtrace diff --partial): \(describe(e))", file: path)
-        } catch {
-            throw TraceError(.invalidInput, "not a diff partial: \(error)", file: path)
-        }
+        try decodeJSONFile(DiffPartial.self, path: path, what: "a diff partial (rtrace diff --partial)")
     }
 }
 
@@ -246,6 +239,19 @@ func readInputFile(_ path: String) throws(TraceError) -> Data {
         return try Data(contentsOf: URL(fileURLWithPath: path))
     } catch {
         throw TraceError(.io, "cannot read: \(error.localizedDescription)", file: path)
+    }
+}
+
+/// The value of type `T` in a JSON file (`-`: standard input); errors name the file, and the field that is
+/// wrong or missing, saying the file is not `what`.
+func decodeJSONFile<T: Decodable>(_: T.Type, path: String, what: String) throws(TraceError) -> T {
+    let data = try readInputFile(path)
+    do {
+        return try JSONDecoder().decode(T.self, from: data)
+    } catch let e as DecodingError {
+        throw TraceError(.invalidInput, "not \(what): \(describe(e))", file: path)
+    } catch {
+        throw TraceError(.invalidInput, "not \(what): \(error)", file: path)
     }
 }
 

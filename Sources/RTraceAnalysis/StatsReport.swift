@@ -215,14 +215,7 @@ extension StatsPartial {
 extension StatsReport {
     /// Reads a stats result from a JSON file (`-`: standard input). Errors name the file and the field.
     public static func read(path: String) throws(TraceError) -> StatsReport {
-        let data = try readInputFile(path)
-        do {
-            return try JSONDecoder().decode(StatsReport.self, from: data)
-        } catch let e as DecodingError {
-            throw TraceError(.invalidInput, "not the JSON of rtrace stats --json: \(describe(e))", file: path)
-        } catch {
-            throw TraceError(.invalidInput, "not the JSON of rtrace stats --json: \(error)", file: path)
-        }
+        try decodeJSONFile(StatsReport.self, path: path, what: "the JSON of rtrace stats --json")
     }
 }
 

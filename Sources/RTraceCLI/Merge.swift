@@ -80,12 +80,7 @@ struct Merge: ParsableCommand {
                 violations = try printReport(DiffReport(partial: p), json: json, csv: csv, csvTable: csvTable, limits: limits)
             case .stats:
                 if csv || partial || top != nil { throw TraceError(.invalidInput, "--csv, --partial and --top apply to diff partials, these are stats results") }
-                let s = try mergeStats(partials, ep: ep)
-                let report = s.report
-                violations = try checkThresholds(jsonTree(report), limits)
-                let out = try TextOutput()
-                try out.write(json ? encodeJSON(report) + "\n" : s.text)
-                try out.flush()
+                violations = try printStats(try mergeStats(partials, ep: ep), json: json, limits: limits)
             }
         }
         if !violations.isEmpty {

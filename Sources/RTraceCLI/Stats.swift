@@ -72,15 +72,21 @@ struct Stats: ParsableCommand {
                 if let t = threads { options.threads = t }
                 p = try statsTraces(files, options: options, chunks: chunks)
             }
-            let report = p.report
-            violations = try checkThresholds(jsonTree(report), limits)
-            let out = try TextOutput()
-            try out.write(json ? encodeJSON(report) + "\n" : p.text)
-            try out.flush()
+            violations = try printStats(p, json: json, limits: limits)
         }
         if !violations.isEmpty {
             for v in violations { note("rtrace stats: \(v)") }
             throw ExitCode.failure
         }
     }
+}
+
+/// Prints statistics as JSON or a table; returns the --fail-above violations.
+func printStats(_ p: StatsPartial, json: Bool, limits: [(key: String, limit: Double)]) throws -> [String] {
+    let report = p.report
+    let violations = try checkThresholds(jsonTree(report), limits)
+    let out = try TextOutput()
+    try out.write(json ? encodeJSON(report) + "\n" : p.text)
+    try out.flush()
+    return violations
 }
