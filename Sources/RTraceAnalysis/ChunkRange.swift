@@ -35,7 +35,7 @@ public struct ChunkRange: Codable, Equatable, Sendable {
         let r1 = recs.partitioningIndex { $0.firstChunk >= end }
         var last = first + 1
         for r in r0..<r1 { last = max(last, recs[r].firstChunk + max(1, recs[r].chunkCount)) }
-        return RecordRun(chunks: first..<min(max(last, first + 1), index.chunks.count), records: r0..<r1)
+        return RecordRun(chunks: first..<min(last, index.chunks.count), records: r0..<r1)
     }
 
     /// Ranges gathered from partial results: each file's ranges must not overlap, nor come with the whole
