@@ -41,6 +41,24 @@ struct MergeProcessTests {
         #expect(pass.status == 0)
     }
 
+    @Test("rtrace split co-partitions both sides; diff --partial per part and merge give the single run's report")
+    func splitThenDiffParts() throws {
+        let d = tempPath("split-\(UUID().uuidString)")
+        let r = try shell("""
+            set -e; mkdir -p \(d)
+            $RT split \(a) --uid-shards 4 --prefix \(d)/a > \(d)/a.json
+            $RT split \(b) --uid-shards 4 --prefix \(d)/b --raw --threads 1 > \(d)/b.json
+            grep -q '"records":12' \(d)/a.json
+            for i in 0 1 2 3; do $RT diff \(d)/a.$i.rtrace \(d)/b.$i.rtrace --partial > \(d)/p$i.json; done
+            $RT merge \(d)/p*.json --json | grep -v '"a"\\|"b"\\|rtrace"' > \(d)/merged.json
+            $RT diff \(a) \(b) --json | grep -v '"a"\\|"b"\\|rtrace"' > \(d)/single.json
+            cmp \(d)/merged.json \(d)/single.json
+            """)
+        #expect(r.status == 0, "\(r.text)\(r.stderr)")
+        let bad = try shell("$RT split \(a) --uid-shards 0 --prefix \(d)/z")
+        #expect(bad.status != 0 && bad.stderr.contains("--uid-shards must be at least 1"), "\(bad.stderr)")
+    }
+
     @Test("--threads 1 and --threads 3 print what the default prints (diff, diff --partial, stats); --threads 0 is refused")
     func threads() throws {
         for args in ["diff \(a) \(b) --json", "diff \(a) \(b) --partial --uid-shard 1/3", "stats \(a) \(b) --json --capacity-factor 1.25"] {

@@ -19,8 +19,9 @@ processes and the rtrace executable inherit it), C = 1 and 2:
                                                                    object store)
 
 Every Ray result is checked equal to the CLI's. Rows/s count the rows of both sides. It also measures,
-on one core without Ray, the shuffle's map step (rtrace._shuffle.split_unit: decode + split + write
-raw parts) and the bytes it produces, for the scaling arithmetic in bench/README.md.
+on one core without Ray, the shuffle's map step (decode + split + write raw parts) and the bytes it
+produces, for the scaling arithmetic in bench/README.md: by `rtrace split` (rtrace._shuffle.split_unit_cli,
+what rtrace.ray.diff runs) against the Python writer (rtrace._shuffle.split_unit) in the same run.
 
 Usage: RTRACE_BIN=.build/release/rtrace PYTHONPATH=python python3 bench/ray/bench.py
        [--rtrace BIN] [--seqs 100] [--rows 1000] [--repeat 2] [--workdir /tmp/rtrace-ray-bench]
@@ -122,20 +123,26 @@ def run_config(args):
     print(json.dumps(res))
 
 
-def map_step(a):
-    """The shuffle's map step on one core, without Ray: rows/s and bytes of the raw parts it writes."""
+def map_step(a, exe):
+    """The shuffle's map step on one core, without Ray: rows/s and bytes of the raw parts it writes, done
+    by ``rtrace split`` (what ``rtrace.ray.diff`` runs) and, as the baseline, by the Python writer."""
     from rtrace._plan import open_files, plan_units
-    from rtrace._shuffle import side_header, split_unit
+    from rtrace._shuffle import side_header, split_unit, split_unit_cli
     files = open_files(a)
     units = plan_units(files, 1 << 16)
     h = side_header(files)
-    t = time.perf_counter()
-    rows = nbytes = 0
-    for u in units:
-        blobs, r = split_unit(u, h, 8)
-        rows += r
-        nbytes += sum(len(x) for x in blobs if x is not None)
-    return {"map_rows_per_s": rows / (time.perf_counter() - t), "map_bytes_per_row": nbytes / rows}
+    out = {}
+    for name, split in (("map", lambda u: split_unit_cli(u, h, 8, exe, ["--threads", "1"])),
+                        ("map_python", lambda u: split_unit(u, h, 8))):
+        t = time.perf_counter()
+        rows = nbytes = 0
+        for u in units:
+            blobs, r = split(u)
+            rows += r
+            nbytes += sum(len(x) for x in blobs if x is not None)
+        out[f"{name}_rows_per_s"] = rows / (time.perf_counter() - t)
+        out[f"{name}_bytes_per_row"] = nbytes / rows
+    return out
 
 
 def main():
@@ -158,10 +165,11 @@ def main():
     print(f"data: {rows:,} rows (both sides), {len(a)} + {len(b)} files, {stored:,} bytes stored "
           f"({stored / rows:.1f} B/row)", flush=True)
     os.sched_setaffinity(0, {0})
-    m = map_step(a)
+    m = map_step(a, args.rtrace)
     os.sched_setaffinity(0, set(range(os.cpu_count())))
-    print(f"shuffle map step, one core: {m['map_rows_per_s']:,.0f} rows/s, {m['map_bytes_per_row']:.1f} B/row "
-          f"of raw parts", flush=True)
+    print(f"shuffle map step, one core: rtrace split {m['map_rows_per_s']:,.0f} rows/s, {m['map_bytes_per_row']:.1f} "
+          f"B/row of raw parts; in Python (rtrace.Writer) {m['map_python_rows_per_s']:,.0f} rows/s, "
+          f"{m['map_python_bytes_per_row']:.1f} B/row", flush=True)
     results = []
     for cores in (1, 2):
         p = subprocess.run([sys.executable, __file__, "--rtrace", args.rtrace, "--repeat", str(args.repeat),

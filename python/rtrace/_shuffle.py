@@ -1,8 +1,8 @@
 """The two halves of a diff co-partitioned by uid (``rtrace.ray.diff``), without Ray in them.
 
-Map (``split_unit``): one read unit's records, split by uid partition ``crc32(uid) mod n`` (the
-CLI's ``--uid-shard``), each part written as a trace (stored raw: the bytes cross the network once
-and are read once). Reduce (``diff_partition``): a partition's parts of each side concatenated into
+Map (``split_unit_cli``: ``rtrace split``; ``split_unit``: the same in Python): one read unit's records,
+split by uid partition ``crc32(uid) mod n`` (the CLI's ``--uid-shard``), each part written as a trace of
+the side's header (stored raw: the bytes cross the network once and are read once). Reduce (``diff_partition``): a partition's parts of each side concatenated into
 one local file per side (``TraceConcat``: chunks copied, nothing decoded), compared by ``rtrace diff
 --partial``; the partial is labelled uid shard p/n of the original files, which is what it is."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ._concat import TraceConcat
 from ._plan import ReadUnit, TraceFile, as_dtype, common_columns
 from .writer import Writer
 
-__all__ = ["uid_partition", "side_header", "writer_args", "split_unit", "diff_partition"]
+__all__ = ["uid_partition", "side_header", "writer_args", "split_unit", "split_unit_cli", "diff_partition"]
 
 
 def uid_partition(uid: str, n: int) -> int:
@@ -71,6 +71,31 @@ def split_unit(unit: ReadUnit, header: dict, n: int) -> Tuple[List[Optional[byte
     for w in writers.values():
         w.close()
     return [bufs[p].getvalue() if p in bufs else None for p in range(n)], rows
+
+
+def split_unit_cli(unit: ReadUnit, header: dict, n: int, exe: str, threads: Sequence = ()) -> Tuple[List[Optional[bytes]], int]:
+    """``split_unit`` done by the rtrace executable (``rtrace split --raw --header``): the same parts, the
+    records decoded and written in Swift. ``threads``: extra ``--threads N`` arguments."""
+    tmp = tempfile.mkdtemp(prefix="rtrace-split-")
+    try:
+        hpath = os.path.join(tmp, "header.json")
+        with open(hpath, "w") as f:
+            json.dump(header, f)
+        args = ["split", unit.path, "--uid-shards", n, "--prefix", os.path.join(tmp, "part"), "--raw",
+                "--header", hpath, *threads]
+        if unit.first is not None:
+            args += ["--chunks", f"{unit.first}:{unit.end}"]
+        summary = json.loads(run_rtrace(exe, args, replace={unit.path: unit.label}))
+        blobs = []
+        for part in summary["parts"]:
+            if part["records"] == 0:
+                blobs.append(None)
+            else:
+                with open(part["file"], "rb") as f:
+                    blobs.append(f.read())
+        return blobs, summary["rows"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _gather(path: str, parts: Iterable[Tuple[Optional[bytes], str]], header: dict, side: str) -> None:

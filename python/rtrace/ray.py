@@ -14,7 +14,8 @@ and ``diff`` / ``stats`` spread over a cluster with exact merges.
 How ``diff`` co-partitions A and B by uid (``strategy``):
 
 * ``"shuffle"`` (default): read tasks each read one chunk range of one file (every stored byte is
-  read once, by one task), split its records by ``crc32(uid) mod n`` and write each part as a trace;
+  read once, by one task), split its records by ``crc32(uid) mod n`` and write each part as a trace
+  (``rtrace split --raw``, under the side's common header);
   Ray moves each part to the task of its partition (each record crosses the network at most once, as
   raw trace columns), which concatenates its parts into one local file per side (chunks copied, not
   re-encoded) and runs ``rtrace diff --partial`` on them.
@@ -43,7 +44,7 @@ from ._arrow import header_for_table, header_of, records_to_table, table_records
 from ._cli import CommandError, find_rtrace, run_rtrace
 from ._format import FormatError
 from ._plan import ReadUnit, TraceFile, check_geometry, common_columns, expand_paths, open_files, plan_units
-from ._shuffle import diff_partition, relabel, side_header, split_unit, writer_args
+from ._shuffle import diff_partition, relabel, side_header, split_unit_cli, writer_args
 from .writer import Writer
 
 __all__ = ["read_rtrace", "write_rtrace", "diff", "stats", "RTraceDatasource", "RTraceDatasink", "CommandError"]
@@ -258,8 +259,8 @@ def _merge(exe: str, partials: list, args: list) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _split_task(unit: ReadUnit, header: dict, n: int):
-    blobs, rows = split_unit(unit, header, n)
+def _split_task(unit: ReadUnit, header: dict, n: int, exe: str):
+    blobs, rows = split_unit_cli(unit, header, n, _worker_rtrace(exe), _task_threads())
     return (*blobs, rows)
 
 
@@ -322,9 +323,10 @@ def diff(a_paths, b_paths, *, top: int = 10, buckets: int = 4, is_thresholds: Se
     partials added by ``rtrace merge``. ``strategy``: ``"shuffle"`` or ``"uid-shard"`` (module
     docstring). ``rows_per_task``: rows of the chunk ranges the shuffle's read tasks take.
 
-    Raises ``FormatError`` (naming the file) for a damaged, empty or unfinished file, ``ValueError``
-    for files of different geometries or a uid twice on one side, ``CommandError`` when rtrace
-    refuses (no uid in both sides, …), as the CLI would."""
+    Raises ``FormatError`` (naming the file) for an empty or unfinished file, ``ValueError`` for files
+    of different geometries or a uid twice on one side, ``CommandError`` when rtrace refuses: damage
+    inside a chunk (naming the file, the chunk range and the offset), no uid in both sides, … as the
+    CLI would."""
     if strategy not in ("shuffle", "uid-shard"):
         raise ValueError(f"strategy must be 'shuffle' or 'uid-shard', not {strategy!r}")
     if partitions is not None and partitions < 1:
@@ -349,8 +351,8 @@ def diff(a_paths, b_paths, *, top: int = 10, buckets: int = 4, is_thresholds: Se
         units_a, units_b = plan_units(files_a, rows_per_task), plan_units(files_b, rows_per_task)
         ha, hb = side_header(files_a), side_header(files_b)
         split = _split_remote.options(num_returns=n + 1)
-        refs_a = [split.remote(u, ha, n) for u in units_a]
-        refs_b = [split.remote(u, hb, n) for u in units_b]
+        refs_a = [split.remote(u, ha, n, exe) for u in units_a]
+        refs_b = [split.remote(u, hb, n, exe) for u in units_b]
         _get([r[n] for r in refs_a + refs_b])   # every part written (a damaged file fails here, named)
         partials = _get([_reduce_remote.remote(p, n, [r[p] for r in refs_a], [u.label for u in units_a],
                                        [r[p] for r in refs_b], [u.label for u in units_b], ha, hb, names_a,

@@ -282,7 +282,7 @@ def test_errors_name_the_file(rr, shards, tmp_path):
     off, flen = rtrace.Reader(a[2]).index["chunks"][1][:2]
     data[off + flen - 5] ^= 0x55
     bad.write_bytes(bytes(data))
-    with pytest.raises(rtrace.FormatError, match="damaged.rtrace: .*CRC mismatch"):
+    with pytest.raises(rr.CommandError, match=r"damaged.rtrace \(chunks \d+:\d+\): offset \d+: .*CRC mismatch"):
         rr.diff(a[:2] + [str(bad)], shards["b"], partitions=2)
     with pytest.raises(rr.CommandError, match="damaged.rtrace"):
         rr.diff(a[:2] + [str(bad)], shards["b"], partitions=2, strategy="uid-shard")
