@@ -260,6 +260,29 @@ def test_tasks_run_rtrace_with_the_cpus_ray_gave_them(rr, shards, tmp_path):
         assert r[r.index("--threads") + 1] == "1", r
 
 
+def test_split_in_swift_and_in_python_give_the_same_parts(shards):
+    """The shuffle's map step: rtrace split (what rtrace.ray.diff runs) and the Python writer (the bench's
+    baseline) put the same records, under the side's common header, in the same parts."""
+    from rtrace._plan import plan_units
+    from rtrace._shuffle import side_header, split_unit, split_unit_cli
+    files = open_files(shards["b2"])             # shards that disagree on their optional columns
+    h = side_header(files)
+    for u in plan_units(files, 200):
+        py, rows_py = split_unit(u, h, 3)
+        sw, rows_sw = split_unit_cli(u, h, 3, BIN, ["--threads", "1"])
+        assert rows_py == rows_sw and [x is None for x in py] == [x is None for x in sw], u.label
+        for x, y in zip(py, sw):
+            if x is None:
+                continue
+            rx, ry = rtrace.Reader(x), rtrace.Reader(y)
+            assert rx.header == ry.header == h
+            for a, b in zip(rx, ry, strict=True):
+                assert a.uid == b.uid and np.array_equal(a.topk_ids, b.topk_ids) and np.array_equal(a.tokens, b.tokens)
+                for col in ("topk_weights", "router_logits", "logprobs"):
+                    va, vb = getattr(a, col), getattr(b, col)
+                    assert (va is None) == (vb is None) and (va is None or np.array_equal(va, vb, equal_nan=True)), col
+
+
 def test_errors_name_the_file(rr, shards, tmp_path):
     a = shards["a"]
     empty = tmp_path / "empty.rtrace"
