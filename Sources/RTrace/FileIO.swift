@@ -204,16 +204,7 @@ public final class InputSource {
         // Never allocate past the end of the file, whatever length the caller was told.
         let count = max(0, size.map { min(count, $0 - offset) } ?? count)
         var out = [UInt8](repeating: 0, count: count)
-        var got = 0
-        let err: Int32 = out.withUnsafeMutableBytes { raw in
-            while got < count {
-                let n = pread(fd, raw.baseAddress! + got, count - got, off_t(offset + got))
-                if n < 0 { if errno == EINTR { continue }; return errno }
-                if n == 0 { break }
-                got += n
-            }
-            return 0
-        }
+        let (got, err) = out.withUnsafeMutableBytes { PositionedIO.read(fd, into: $0, at: offset) }
         if err != 0 { throw TraceError(.io, "read failed: \(String(cString: strerror(err)))", file: name, offset: offset + got) }
         if got < count { out.removeSubrange(got...) }
         return out
@@ -229,16 +220,8 @@ public final class InputSource {
             if n > 0 { memory.withUnsafeBytes { base.copyMemory(from: $0.baseAddress! + lo, byteCount: n) } }
             return n
         }
-        var got = 0
-        while got < buffer.count {
-            let n = pread(fd, base + got, buffer.count - got, off_t(offset + got))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw TraceError(.io, "read failed: \(errnoText())", file: name, offset: offset + got)
-            }
-            if n == 0 { break }
-            got += n
-        }
+        let (got, err) = PositionedIO.read(fd, into: UnsafeMutableRawBufferPointer(start: base, count: buffer.count), at: offset)
+        if err != 0 { throw TraceError(.io, "read failed: \(String(cString: strerror(err)))", file: name, offset: offset + got) }
         return got
     }
 

@@ -40,32 +40,17 @@ final class TempFile {
 
     /// Appends `bytes`.
     func write(_ bytes: UnsafeRawBufferPointer) throws(TraceError) {
-        guard let base = bytes.baseAddress else { return }
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(fd, base + done, bytes.count - done, off_t(size + done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw TraceError(.io, "cannot write the temporary file for \(what) in \(TempFile.directory) after \(size + done) bytes: \(errnoText()) (set TMPDIR to a larger disk)")
-            }
-            done += n
+        let (done, err) = PositionedIO.write(fd, bytes, at: size)
+        if err != 0 {
+            throw TraceError(.io, "cannot write the temporary file for \(what) in \(TempFile.directory) after \(size + done) bytes: \(String(cString: strerror(err))) (set TMPDIR to a larger disk)")
         }
         size += done
     }
 
     /// Reads up to `buffer.count` bytes from the sequential read position; fewer only at the end.
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(TraceError) -> Int {
-        guard let base = buffer.baseAddress else { return 0 }
-        var got = 0
-        while got < buffer.count {
-            let n = pread(fd, base + got, buffer.count - got, off_t(readOffset + got))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw TraceError(.io, "cannot read back the temporary file for \(what): \(errnoText())")
-            }
-            if n == 0 { break }
-            got += n
-        }
+        let (got, err) = PositionedIO.read(fd, into: buffer, at: readOffset)
+        if err != 0 { throw TraceError(.io, "cannot read back the temporary file for \(what): \(String(cString: strerror(err)))") }
         readOffset += got
         return got
     }

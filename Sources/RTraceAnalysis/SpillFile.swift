@@ -65,15 +65,7 @@ final class SpillFile {
     }
 
     private func write(_ bytes: [UInt8], count: Int, at: Int) throws(TraceError) {
-        var done = 0
-        let err: Int32 = bytes.withUnsafeBytes { raw in
-            while done < count {
-                let n = pwrite(fd, raw.baseAddress! + done, count - done, off_t(at + done))
-                if n < 0 { if errno == EINTR { continue }; return errno }
-                done += n
-            }
-            return 0
-        }
+        let err = bytes.withUnsafeBytes { PositionedIO.write(fd, UnsafeRawBufferPointer(rebasing: $0[..<count]), at: at).error }
         if err != 0 {
             throw TraceError(.io, "cannot write \(count) bytes of waiting records to the spill file: \(String(cString: strerror(err))) (set --spill-dir or TMPDIR to a directory with room)", file: directory)
         }
@@ -90,15 +82,9 @@ final class SpillFile {
             }
             return
         }
-        var got = 0
         let err: Int32 = out.withUnsafeMutableBytes { raw in
-            while got < count {
-                let n = pread(fd, raw.baseAddress! + got, count - got, off_t(offset + got))
-                if n < 0 { if errno == EINTR { continue }; return errno }
-                if n == 0 { return EIO }
-                got += n
-            }
-            return 0
+            let (got, err) = PositionedIO.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[..<count]), at: offset)
+            return err != 0 ? err : got < count ? EIO : 0   // the file ends before the record: it was not all written
         }
         if err != 0 { throw TraceError(.io, "cannot read back a spilled record: \(String(cString: strerror(err)))", file: directory, offset: offset) }
         // Large records give their space back at once (a file system without holes keeps it until
