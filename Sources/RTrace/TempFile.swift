@@ -9,7 +9,7 @@ import Darwin
 ///
 /// `rtrace import --from npz -` spools standard input into one (a zip's directory is at its end),
 /// and `rtrace export --to npz` spools the arrays after the first into them while it writes the first.
-final class TempFile {
+public final class TempFile {
     /// The descriptor, open for reading and writing.
     let fd: Int32
     /// What the file holds, for errors.
@@ -25,13 +25,20 @@ final class TempFile {
         return "/tmp"
     }
 
+    /// Creates a file named `prefix` plus a unique suffix in `directory` and unlinks it at once: a
+    /// descriptor open for reading and writing whose file goes when it is closed, or -1 (`errno` set).
+    public static func createUnlinked(in directory: String, prefix: String) -> Int32 {
+        var template = Array("\(directory)/\(prefix)XXXXXX".utf8CString)
+        let f = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        if f >= 0 { template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) } }
+        return f
+    }
+
     /// Creates an empty temporary file; `what` names it in errors.
     init(what: String) throws(TraceError) {
         let dir = TempFile.directory
-        var template = Array("\(dir)/rtrace-spool-XXXXXX".utf8CString)
-        let f = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        let f = TempFile.createUnlinked(in: dir, prefix: "rtrace-spool-")
         guard f >= 0 else { throw TraceError(.io, "cannot create a temporary file for \(what) in \(dir): \(errnoText()) (set TMPDIR)") }
-        template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) }
         fd = f
         self.what = what
     }

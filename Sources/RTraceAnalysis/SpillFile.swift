@@ -24,13 +24,11 @@ final class SpillFile {
     /// Creates an unlinked temporary file in `directory`.
     init(directory: String) throws(TraceError) {
         self.directory = directory
-        var template = Array((directory as NSString).appendingPathComponent("rtrace-join-XXXXXX").utf8CString)
-        let f = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        let f = TempFile.createUnlinked(in: directory, prefix: "rtrace-join-")
         guard f >= 0 else {
             throw TraceError(.io, "cannot create a temporary file to spill records to: \(String(cString: strerror(errno))) (set --spill-dir or TMPDIR to a writable directory)", file: directory)
         }
         fd = f
-        template.withUnsafeBufferPointer { _ = unlink($0.baseAddress!) }
     }
 
     deinit { close(fd) }
