@@ -230,6 +230,12 @@ public func parseThresholds(_ specs: [String]) throws(TraceError) -> [(key: Stri
     return out
 }
 
+/// ``checkThresholds(_:_:)`` over the JSON of a Codable result; the JSON tree is built only when there
+/// are limits to check.
+public func checkThresholds(_ result: some Encodable, _ limits: [(key: String, limit: Double)]) throws(TraceError) -> [String] {
+    limits.isEmpty ? [] : try checkThresholds(jsonTree(result), limits)
+}
+
 /// Looks a dotted key (`flip_rate`, `policy.k3`) up in a JSON object and compares it to its limit.
 /// Returns the violations as messages; throws when a key does not name a number.
 public func checkThresholds(_ json: [String: Any], _ limits: [(key: String, limit: Double)]) throws(TraceError) -> [String] {

@@ -139,7 +139,7 @@ struct Diff: ParsableCommand {
 
 /// Prints a diff report as JSON, CSV (`csvTable`) or a table; returns the --fail-above violations.
 func printReport(_ rep: DiffReport, json: Bool, csv: Bool, csvTable: Diff.CSVTable, limits: [(key: String, limit: Double)]) throws -> [String] {
-    let violations = try checkThresholds(rep.json, limits)
+    let violations = try checkThresholds(rep.result, limits)
     let out = try TextOutput()
     if json {
         try out.line(encodeJSON(rep.result))

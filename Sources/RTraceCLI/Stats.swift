@@ -84,7 +84,7 @@ struct Stats: ParsableCommand {
 /// Prints statistics as JSON or a table; returns the --fail-above violations.
 func printStats(_ p: StatsPartial, json: Bool, limits: [(key: String, limit: Double)]) throws -> [String] {
     let report = p.report
-    let violations = try checkThresholds(jsonTree(report), limits)
+    let violations = try checkThresholds(report, limits)
     let out = try TextOutput()
     try out.write(json ? encodeJSON(report) + "\n" : p.text)
     try out.flush()
